@@ -1,0 +1,1 @@
+"""recsys: session-aware recommendations for electronics storefronts."""

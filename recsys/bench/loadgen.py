@@ -1,0 +1,61 @@
+"""An open-loop HTTP load generator: requests start on a fixed schedule, whatever the server does.
+
+(A closed loop would slow down with the server and hide queueing delay.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import httpx
+import numpy as np
+
+
+@dataclass
+class LoadResult:
+    rate: float            # requested req/s
+    achieved: float        # completed req/s
+    sent: int
+    errors: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+
+    def line(self) -> str:
+        return (f"{self.rate:>5.0f} req/s asked, {self.achieved:6.1f} done, p50 {self.p50_ms:6.1f} ms, "
+                f"p95 {self.p95_ms:6.1f} ms, p99 {self.p99_ms:6.1f} ms, errors {self.errors}/{self.sent}")
+
+
+async def _run(base_url: str, paths: list[str], rate: float, duration_s: float, concurrency: int) -> LoadResult:
+    n = max(1, int(rate * duration_s))
+    latencies: list[float] = []
+    errors = 0
+    gate = asyncio.Semaphore(concurrency)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base_url, timeout=10.0, limits=limits) as client:
+
+        async def one(path: str, due: float) -> None:
+            nonlocal errors
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            async with gate:
+                start = time.perf_counter()
+                try:
+                    response = await client.get(path)
+                    if response.status_code >= 400:
+                        errors += 1
+                except httpx.HTTPError:
+                    errors += 1
+                # measured from the scheduled start: waiting for a free connection is latency too
+                latencies.append((time.perf_counter() - min(start, due)) * 1000)
+
+        begin = time.perf_counter() + 0.05
+        await asyncio.gather(*(one(paths[i % len(paths)], begin + i / rate) for i in range(n)))
+        elapsed = time.perf_counter() - begin
+    arr = np.array(latencies)
+    return LoadResult(rate, n / elapsed, n, errors, *(float(np.percentile(arr, q)) for q in (50, 95, 99)))
+
+
+def run_load(base_url: str, paths: list[str], rate: float, duration_s: float, concurrency: int = 32) -> LoadResult:
+    return asyncio.run(_run(base_url, paths, rate, duration_s, concurrency))

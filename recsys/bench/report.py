@@ -1,0 +1,58 @@
+"""docs/benchmarks.json (figure name -> value, unit, command, date, machine) and the Markdown made from it."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from datetime import date
+from pathlib import Path
+
+from recsys.config import PROJECT_ROOT
+
+DOCS = PROJECT_ROOT / "docs"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        mem_kb = 0
+    return f"{os.cpu_count()} cores ({cpu}), {mem_kb / 2**20:.0f} GiB, {platform.system()} {platform.release()}"
+
+
+def record(figures: dict[str, tuple[float, str]], command: str, docs: Path = DOCS) -> None:
+    """Merge figures {name: (value, unit)} into benchmarks.json and rewrite benchmarks.md."""
+    docs.mkdir(parents=True, exist_ok=True)
+    path = docs / "benchmarks.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    today, where = date.today().isoformat(), machine()
+    for name, (value, unit) in figures.items():
+        data[name] = {"value": round(float(value), 4), "unit": unit, "command": command, "date": today,
+                      "machine": where}
+    path.write_text(json.dumps(dict(sorted(data.items())), indent=2) + "\n")
+    write_markdown(data, docs / "benchmarks.md")
+
+
+def write_markdown(data: dict, path: Path) -> None:
+    notes = path.with_name("benchmarks-notes.md")
+    lines = ["# Benchmarks", "",
+             "Generated from `docs/benchmarks.json` by the commands listed; rerun them to reproduce. "
+             "Every figure names the machine and date it was measured on.", ""]
+    groups: dict[str, list[str]] = {}
+    for name in sorted(data):
+        groups.setdefault(name.split(".")[0], []).append(name)
+    for group, names in groups.items():
+        lines += [f"## {group}", "", "| figure | value | unit | command | date | machine |", "| --- | ---: | --- | --- | --- | --- |"]
+        for name in names:
+            f = data[name]
+            lines.append(f"| `{name}` | {f['value']:g} | {f['unit']} | `{f['command']}` | {f['date']} | {f['machine']} |")
+        lines.append("")
+    if notes.exists():
+        lines += [notes.read_text().rstrip(), ""]
+    path.write_text("\n".join(lines))

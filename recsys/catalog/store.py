@@ -1,0 +1,63 @@
+"""Write a catalog (items + accessory graph) into Postgres and read it back for serving."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pandas as pd
+import psycopg
+
+ITEM_COLUMNS = ("sku", "catalog", "title", "family", "category", "category_path", "kind", "brand", "price",
+                "margin", "price_band", "specs", "spec_text", "image_uri", "launch_date", "stock")
+
+
+def _none_if_nan(value):
+    return None if value is None or (isinstance(value, float) and value != value) else value
+
+
+def write_catalog(conn: psycopg.Connection, items: pd.DataFrame, edges: pd.DataFrame, catalog: str) -> int:
+    """Upsert items and replace this catalog's edges, in one transaction."""
+    items = items.assign(catalog=catalog)
+    cols = ", ".join(ITEM_COLUMNS)
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in ITEM_COLUMNS if c != "sku")
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute("CREATE TEMP TABLE items_staging (LIKE items INCLUDING DEFAULTS) ON COMMIT DROP")
+        with cur.copy(f"COPY items_staging ({cols}) FROM STDIN") as copy:
+            for row in items[list(ITEM_COLUMNS)].itertuples(index=False):
+                values = [_none_if_nan(v) for v in row]
+                values[ITEM_COLUMNS.index("specs")] = json.dumps(values[ITEM_COLUMNS.index("specs")] or {})
+                copy.write_row(values)
+        cur.execute(f"INSERT INTO items ({cols}) SELECT {cols} FROM items_staging "
+                    f"ON CONFLICT (sku) DO UPDATE SET {updates}, updated_at = now()")
+        cur.execute("DELETE FROM item_edges e USING items i WHERE e.src_sku = i.sku AND i.catalog = %s", (catalog,))
+        with cur.copy("COPY item_edges (src_sku, dst_sku, kind, weight) FROM STDIN") as copy:
+            for row in edges[["src_sku", "dst_sku", "kind", "weight"]].itertuples(index=False):
+                copy.write_row(tuple(row))
+    return len(items)
+
+
+@dataclass
+class CatalogSnapshot:
+    """The slice of the catalog that serving keeps in memory (12k SKUs: a few MB)."""
+
+    items: pd.DataFrame                       # indexed by sku
+    accessories: dict[str, list[tuple[str, float]]]   # device sku -> [(accessory sku, weight)] best first
+    fits: dict[str, list[str]]                # accessory sku -> devices it fits
+
+    def category_of(self) -> dict[str, str]:
+        return self.items["category"].to_dict()
+
+
+def read_catalog(conn: psycopg.Connection) -> CatalogSnapshot:
+    items = pd.DataFrame(
+        conn.execute("SELECT sku, title, family, category, kind, brand, price::float8 AS price, margin, "
+                     "price_band, stock FROM items").fetchall(),
+        columns=["sku", "title", "family", "category", "kind", "brand", "price", "margin", "price_band", "stock"],
+    ).set_index("sku")
+    accessories: dict[str, list[tuple[str, float]]] = {}
+    fits: dict[str, list[str]] = {}
+    for src, dst, weight in conn.execute("SELECT src_sku, dst_sku, weight FROM item_edges ORDER BY weight DESC"):
+        accessories.setdefault(src, []).append((dst, weight))
+        fits.setdefault(dst, []).append(src)
+    return CatalogSnapshot(items, accessories, fits)

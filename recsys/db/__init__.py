@@ -1,0 +1,1 @@
+"""Postgres access: schema migrations and connection helpers."""

@@ -1,0 +1,85 @@
+"""`make demo`: services up, the world loaded, content vectors, the consumer, Ray Serve, a load test."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import psycopg
+
+from recsys import app_processes, services
+from recsys.bench.loadgen import run_load
+from recsys.bench.requests import sample_paths
+
+
+def step(title: str) -> float:
+    print(f"\n== {title}", flush=True)
+    return time.monotonic()
+
+
+def bring_up(cfg, overrides: list[str] | None = None) -> str:
+    """Everything up and serving (idempotent); returns the HTTP base URL."""
+    from recsys.catalog.embed import embed_catalog
+    from recsys.data import load_world
+    from recsys.serve import app
+
+    t = step("services")
+    for health in services.up(cfg):
+        print("  " + health.line())
+    t = step("data: catalog and history -> Postgres, online features -> Redis")
+    print("  " + load_world(cfg).replace("\n", "\n  "))
+    t = step("content vectors: MiniLM spec text -> pgvector HNSW")
+    print("  " + embed_catalog(cfg))
+    step("feature consumer")
+    print(f"  pid {app_processes.start(cfg, 'consumer', ['consume'], list(overrides or []))}")
+    t = step("Ray Serve application")
+    url = app.deploy(cfg)
+    _wait_healthy(url)
+    print(f"  {url} healthy after {time.monotonic() - t:.0f} s")
+    return url
+
+
+def _wait_healthy(url: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url}/healthz did not answer within {timeout} s")
+
+
+def run_demo(cfg, overrides: list[str]) -> int:
+    from recsys.services import Postgres
+
+    start = time.monotonic()
+    url = bring_up(cfg, overrides)
+    with psycopg.connect(Postgres(cfg).dsn, autocommit=True) as conn:
+        paths = {s: sample_paths(conn, s, 500, seed=int(cfg.seed)) for s in cfg.surfaces}
+    step("a look at each surface")
+    for surface, surface_paths in paths.items():
+        body = httpx.get(url + surface_paths[0] + "&explain=true", timeout=10).json()
+        skus = ", ".join(f"{i['sku']} ({i['source']})" for i in body["items"][:4])
+        print(f"  {surface_paths[0]}\n    -> {len(body['items'])} items: {skus}, ...  degraded: {body['degraded']}")
+    step(f"load test: {cfg.bench.http_duration_s} s per surface at 50 req/s")
+    for surface, surface_paths in paths.items():
+        run_load(url, surface_paths[:20], 10, 1)
+        print(f"  {surface:<14} " + run_load(url, surface_paths, 50, float(cfg.bench.http_duration_s)).line())
+    step("an event through the API -> Kafka -> consumer -> Redis")
+    event = {"type": "product_viewed", "user_id": "demo-user", "sku": paths["pdp_fbt"][0].split("sku=")[1],
+             "device": "mobile", "geo": "US-CA", "session_id": "demo-session"}
+    print("  POST /v1/events " + json.dumps(event))
+    print("  -> " + httpx.post(f"{url}/v1/events", json=event, timeout=10).text)
+    time.sleep(1.0)
+    body = httpx.get(f"{url}/v1/recommendations/homepage_hero?user_id=demo-user", timeout=10).json()
+    print(f"  homepage_hero for demo-user now: {[i['sku'] for i in body['items'][:6]]} ...")
+    print(f"\nrecsys is up ({time.monotonic() - start:.0f} s). Try:")
+    print(f"  {url}/docs                                   OpenAPI")
+    print(f"  {url}/healthz")
+    for surface_paths in paths.values():
+        print(f"  {url}{surface_paths[0]}")
+    print("  .venv/bin/recsys services status | make stop")
+    return 0

@@ -1,0 +1,208 @@
+"""The Redis online store: per-user session and affinity features, per-item decayed counters, trending.
+
+Decayed sums use forward decay in log space: a counter is kept as s = ln(v(t)) + t/tau, so adding
+weight w at time t is a log-sum-exp and the value now is exp(s - now/tau). Scores of different items
+stay comparable without rewriting them (trending is a plain ZSET), events may arrive out of order,
+and nothing overflows. Every write happens in one Lua script per event, guarded by a SET NX on the
+event_id, so replaying events changes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import redis
+
+from recsys.features.events import Event
+
+APPLY_EVENT = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[8]) then return 0 end
+local t = tonumber(ARGV[3])
+local function logadd(old, w, tau)
+  local x = math.log(w) + t / tau
+  if not old then return x end
+  old = tonumber(old)
+  local m = math.max(old, x)
+  return m + math.log(math.exp(old - m) + math.exp(x - m))
+end
+local ttl = tonumber(ARGV[9])
+local last = tonumber(redis.call('HGET', KEYS[2], 'last_seen') or '0')
+if t >= last then
+  redis.call('HSET', KEYS[2], 'last_seen', ARGV[3])
+  if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], 'device', ARGV[4]) end
+  if ARGV[5] ~= '' then redis.call('HSET', KEYS[2], 'geo', ARGV[5]) end
+  if ARGV[12] ~= '' then redis.call('HSET', KEYS[2], 'session_id', ARGV[12]) end
+end
+redis.call('HINCRBY', KEYS[2], 'n_' .. ARGV[1], 1)
+if ARGV[1] == 'product_viewed' then
+  redis.call('LPUSH', KEYS[3], ARGV[2] .. '|' .. ARGV[3])
+  redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[10]) - 1)
+elseif ARGV[1] == 'add_to_cart' then
+  redis.call('SADD', KEYS[5], ARGV[2])
+else
+  redis.call('SREM', KEYS[5], ARGV[2])
+  redis.call('ZADD', KEYS[6], t, ARGV[2])
+end
+if ARGV[6] ~= '' then
+  redis.call('ZADD', KEYS[4], logadd(redis.call('ZSCORE', KEYS[4], ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[11])), ARGV[6])
+end
+for i = 2, 6 do redis.call('EXPIRE', KEYS[i], ttl) end
+local n = (#ARGV - 12)
+for i = 1, n do
+  local tau = tonumber(ARGV[12 + i])
+  local f = ARGV[1] .. ':' .. i
+  redis.call('HSET', KEYS[7], f, logadd(redis.call('HGET', KEYS[7], f), 1, tau))
+  redis.call('ZADD', KEYS[7 + i], logadd(redis.call('ZSCORE', KEYS[7 + i], ARGV[2]), tonumber(ARGV[7]), tau), ARGV[2])
+end
+return 1
+"""
+
+
+@dataclass
+class UserState:
+    """What serving knows about a user right now (empty for an unknown user)."""
+
+    user_id: str
+    views: list[tuple[str, float]] = field(default_factory=list)   # (sku, epoch s), newest first
+    device: str | None = None
+    geo: str | None = None
+    last_seen: float | None = None
+    session_id: str | None = None
+    cart: set[str] = field(default_factory=set)
+    purchased: dict[str, float] = field(default_factory=dict)       # sku -> epoch s
+    category_affinity: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def known(self) -> bool:
+        return self.last_seen is not None
+
+
+class OnlineStore:
+    def __init__(self, client: redis.Redis, prefix: str, features_cfg):
+        self.r = client
+        self.p = prefix
+        self.cfg = features_cfg
+        self.windows_s = [float(h) * 3600 for h in features_cfg.counter_windows_h]
+        self.aff_tau = float(features_cfg.affinity_half_life_h) * 3600 / math.log(2)
+        self.weights = dict(features_cfg.event_weights)
+        self._apply = self.r.register_script(APPLY_EVENT)
+
+    @classmethod
+    def from_config(cls, cfg, prefix: str | None = None, socket_timeout: float = 5.0) -> "OnlineStore":
+        client = redis.Redis.from_url(cfg.services.redis.url, socket_timeout=socket_timeout,
+                                      socket_connect_timeout=min(socket_timeout, 2.0))
+        return cls(client, prefix if prefix is not None else cfg.services.redis.key_prefix, cfg.features)
+
+    # keys --------------------------------------------------------------------------------------
+    def user_key(self, user_id: str, part: str = "") -> str:
+        return f"{self.p}u:{user_id}{':' + part if part else ''}"
+
+    def trending_key(self, window_index: int) -> str:
+        return f"{self.p}trending:{int(self.cfg.counter_windows_h[window_index])}h"
+
+    def item_key(self, sku: str) -> str:
+        return f"{self.p}i:{sku}"
+
+    # writes ------------------------------------------------------------------------------------
+    def apply(self, events: list[Event], category_of: dict[str, str], batch: int = 1000) -> int:
+        """Apply events (each at most once, by event_id); return how many were new."""
+        applied = 0
+        common = [str(int(self.cfg.dedupe_ttl_s)), str(int(self.cfg.user_ttl_s)), str(int(self.cfg.session_views)),
+                  repr(self.aff_tau)]
+        taus = [repr(w) for w in self.windows_s]
+        trending = [self.trending_key(i) for i in range(len(self.windows_s))]
+        for start in range(0, len(events), batch):
+            pipe = self.r.pipeline(transaction=False)
+            for e in events[start:start + batch]:
+                u = self.user_key(e.user_id)
+                keys = [f"{self.p}seen:{e.event_id}", u, f"{u}:views", f"{u}:aff", f"{u}:cart", f"{u}:bought",
+                        self.item_key(e.sku), *trending]
+                args = [e.type, e.sku, repr(e.epoch), e.device or "", e.geo or "", category_of.get(e.sku, ""),
+                        repr(self.weights[e.type]), common[0], common[1], common[2], common[3],
+                        e.session_id or "", *taus]
+                self._apply(keys=keys, args=args, client=pipe)
+            applied += sum(int(x) for x in pipe.execute())
+        return applied
+
+    def set_bestsellers(self, scores: dict[str, float]) -> None:
+        key = f"{self.p}bestsellers"
+        pipe = self.r.pipeline()
+        pipe.delete(key)
+        if scores:
+            pipe.zadd(key, scores)
+        pipe.execute()
+
+    # reads -------------------------------------------------------------------------------------
+    def user_state(self, user_id: str, now: float | None = None) -> UserState:
+        now = time.time() if now is None else now
+        u = self.user_key(user_id)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(u)
+        pipe.lrange(f"{u}:views", 0, -1)
+        pipe.smembers(f"{u}:cart")
+        pipe.zrange(f"{u}:bought", 0, -1, withscores=True)
+        pipe.zrange(f"{u}:aff", 0, -1, withscores=True)
+        info, views, cart, bought, aff = pipe.execute()
+        info = {k.decode(): v.decode() for k, v in info.items()}
+        parsed_views = []
+        for raw in views:
+            sku, _, ts = raw.decode().rpartition("|")
+            parsed_views.append((sku, float(ts)))
+        return UserState(
+            user_id=user_id,
+            views=parsed_views,
+            device=info.get("device") or None,
+            geo=info.get("geo") or None,
+            last_seen=float(info["last_seen"]) if "last_seen" in info else None,
+            session_id=info.get("session_id") or None,
+            cart={s.decode() for s in cart},
+            purchased={s.decode(): ts for s, ts in bought},
+            category_affinity={c.decode(): math.exp(s - now / self.aff_tau) for c, s in aff},
+        )
+
+    def trending(self, n: int, window_index: int = 1, now: float | None = None) -> list[tuple[str, float]]:
+        """Top-n SKUs by decayed weighted activity in the window, with their current decayed value."""
+        now = time.time() if now is None else now
+        tau = self.windows_s[window_index]
+        rows = self.r.zrevrange(self.trending_key(window_index), 0, n - 1, withscores=True)
+        return [(sku.decode(), math.exp(score - now / tau)) for sku, score in rows]
+
+    def item_counters(self, skus: list[str], now: float | None = None) -> dict[str, dict[str, float]]:
+        """Decayed view / cart / purchase counts per window for each SKU, e.g. {'product_viewed:24h': 3.2}."""
+        now = time.time() if now is None else now
+        pipe = self.r.pipeline(transaction=False)
+        for sku in skus:
+            pipe.hgetall(self.item_key(sku))
+        names = [f"{int(h)}h" for h in self.cfg.counter_windows_h]
+        out = {}
+        for sku, raw in zip(skus, pipe.execute()):
+            counters = {}
+            for k, v in raw.items():
+                kind, _, idx = k.decode().rpartition(":")
+                i = int(idx) - 1
+                counters[f"{kind}:{names[i]}"] = math.exp(float(v) - now / self.windows_s[i])
+            out[sku] = counters
+        return out
+
+    def bestsellers(self, n: int) -> list[tuple[str, float]]:
+        return [(s.decode(), score) for s, score in self.r.zrevrange(f"{self.p}bestsellers", 0, n - 1, withscores=True)]
+
+    def delete_all(self) -> int:
+        """Remove every key under this store's prefix (tests, or a rebuild); never a FLUSHDB."""
+        removed = 0
+        for keys in _chunks(self.r.scan_iter(match=f"{self.p}*", count=2000), 1000):
+            removed += self.r.unlink(*keys)
+        return removed
+
+
+def _chunks(iterable, size):
+    chunk = []
+    for item in iterable:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

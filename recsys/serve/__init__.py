@@ -1,0 +1,1 @@
+"""Serving: candidate sources, the recommendation pipeline, and the Ray Serve HTTP application."""

@@ -1,0 +1,75 @@
+"""Connections and in-memory snapshots a serving replica holds, each allowed to be missing.
+
+A dead dependency at start-up must not stop a replica: what failed is retried on use, and the
+pipeline degrades around it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from recsys.catalog import vectors
+from recsys.catalog.store import CatalogSnapshot, read_catalog
+from recsys.features import event_log
+from recsys.features.online_store import OnlineStore
+
+log = logging.getLogger(__name__)
+
+
+class Resources:
+    def __init__(self, cfg):
+        from recsys.services import Postgres
+
+        self.cfg = cfg
+        self.store = OnlineStore.from_config(cfg, socket_timeout=float(cfg.serve.redis_timeout_ms) / 1000)
+        self.pool = ConnectionPool(Postgres(cfg).dsn, min_size=1, max_size=8, open=False,
+                                   kwargs={"autocommit": True, "connect_timeout": 2,
+                                           "options": f"-c statement_timeout={int(cfg.serve.statement_timeout_ms)}"}, timeout=2)
+        try:
+            self.pool.open(wait=False)
+        except Exception:
+            log.exception("postgres pool did not open")
+        self.catalog: CatalogSnapshot | None = None
+        self.content: tuple[str, int] | None = None        # live content vector set (version, dim)
+        self.content_vectors: dict[str, np.ndarray] = {}
+        self.bestsellers: list[tuple[str, float]] = []
+        self._next_refresh = 0.0
+        self.producer = None
+        self.refresh()
+
+    def refresh(self, max_age_s: float = 300.0, retry_s: float = 10.0) -> None:
+        """(Re)load the snapshots from Postgres when stale; keep the old ones if Postgres is down
+        (and try again only after `retry_s`, so a dead database does not slow every request)."""
+        if time.monotonic() < self._next_refresh:
+            return
+        self._next_refresh = time.monotonic() + retry_s
+        try:
+            with self.pool.connection(timeout=2) as conn:
+                self.catalog = read_catalog(conn)
+                self.content = vectors.live_version(conn, "content")
+                if self.content:
+                    skus, matrix = vectors.read_vectors(conn, self.content[0])
+                    self.content_vectors = dict(zip(skus, matrix))
+                self.bestsellers = event_log.bestsellers(conn, int(self.cfg.serve.bestseller_days),
+                                                         int(self.cfg.serve.bestseller_pool))
+            self._next_refresh = time.monotonic() + max_age_s
+        except Exception as exc:
+            log.warning("catalog snapshot not refreshed: %s", exc)
+        if not self.bestsellers:
+            try:  # Redis keeps a copy written at data-load time
+                self.bestsellers = self.store.bestsellers(int(self.cfg.serve.bestseller_pool))
+            except Exception as exc:
+                log.warning("no bestsellers available: %s", exc)
+
+    def event_producer(self):
+        if self.producer is None:
+            from recsys.features.broker import EventProducer
+            from recsys.services import Kafka
+
+            self.producer = EventProducer(Kafka(self.cfg).bootstrap, self.cfg.services.kafka.topics)
+        return self.producer

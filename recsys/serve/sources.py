@@ -1,0 +1,117 @@
+"""Candidate sources that need no trained model: bestsellers, trending, content-similar, accessory graph.
+
+Each source is a small class with `fetch(request, user, n) -> [Candidate]`, best first.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from recsys.catalog import vectors
+from recsys.features.online_store import UserState
+from recsys.serve.request import Candidate, RecRequest
+from recsys.serve.resources import Resources
+
+
+class Bestsellers:
+    """The static rail the personalised surfaces replace; also every surface's last fallback."""
+
+    name = "bestsellers"
+
+    def __init__(self, res: Resources):
+        self.res = res
+
+    def fetch(self, req: RecRequest, user: UserState, n: int) -> list[Candidate]:
+        return [Candidate(sku, score, self.name, ["bestseller"]) for sku, score in self.res.bestsellers[:n]]
+
+
+class Trending:
+    """Decayed weighted activity over the last day, from the Redis counters the consumer keeps."""
+
+    name = "trending"
+    window_index = 1  # the 24 h window
+
+    def __init__(self, res: Resources):
+        self.res = res
+
+    def fetch(self, req: RecRequest, user: UserState, n: int) -> list[Candidate]:
+        return [Candidate(sku, score, self.name, ["trending today"])
+                for sku, score in self.res.store.trending(n, self.window_index)]
+
+
+class _ContentNeighbours:
+    """Nearest neighbours of a query vector in the live content vector set (pgvector HNSW)."""
+
+    name = "content"
+
+    def __init__(self, res: Resources):
+        self.res = res
+
+    def _search(self, anchors: list[str], n: int, reason: str) -> list[Candidate]:
+        if not self.res.content:
+            return []
+        found = [self.res.content_vectors[s] for s in anchors if s in self.res.content_vectors]
+        if not found:
+            return []
+        query = np.mean(found, axis=0)
+        query /= np.linalg.norm(query) or 1.0
+        version, dim = self.res.content
+        with self.res.pool.connection(timeout=1) as conn:
+            rows = vectors.search(conn, version, dim, query, n + len(anchors),
+                                  int(self.res.cfg.embedding.hnsw_ef_search))
+        anchor_set = set(anchors)
+        return [Candidate(sku, float(score), self.name, [reason]) for sku, score in rows if sku not in anchor_set][:n]
+
+
+class ContentSession(_ContentNeighbours):
+    """Items like the ones the user viewed most recently (and what is in the cart)."""
+
+    name = "content_session"
+
+    def fetch(self, req: RecRequest, user: UserState, n: int) -> list[Candidate]:
+        recent = [sku for sku, _ in user.views[: int(self.res.cfg.serve.session_vector_views)]]
+        return self._search(req.context_skus + recent, n, "similar to what you viewed")
+
+
+class ContentItem(_ContentNeighbours):
+    """Items like the SKU on the page."""
+
+    name = "content_item"
+
+    def fetch(self, req: RecRequest, user: UserState, n: int) -> list[Candidate]:
+        return self._search(req.skus, n, f"similar to {req.skus[0]}" if req.skus else "")
+
+
+class Accessories:
+    """Accessories and parts that fit the page's SKU, the cart, or devices the user bought."""
+
+    name = "accessories"
+
+    def __init__(self, res: Resources):
+        self.res = res
+
+    def _devices(self, req: RecRequest, user: UserState) -> list[str]:
+        catalog = self.res.catalog
+        devices: list[str] = []
+        anchors = req.context_skus + sorted(user.purchased, key=user.purchased.get, reverse=True)
+        for sku in anchors:
+            if sku in catalog.accessories:
+                devices.append(sku)
+            else:  # an accessory on the page: what fits the devices it fits
+                devices.extend(catalog.fits.get(sku, [])[:3])
+        return list(dict.fromkeys(devices))
+
+    def fetch(self, req: RecRequest, user: UserState, n: int) -> list[Candidate]:
+        if self.res.catalog is None:
+            return []
+        popularity = dict(self.res.bestsellers)
+        best: dict[str, Candidate] = {}
+        for rank, device in enumerate(self._devices(req, user)):
+            for sku, weight in self.res.catalog.accessories.get(device, []):
+                score = weight / (1 + rank) + 0.01 * np.log1p(popularity.get(sku, 0.0))
+                if sku not in best or best[sku].score < score:
+                    best[sku] = Candidate(sku, float(score), self.name, [f"fits {device}"])
+        return sorted(best.values(), key=lambda c: c.score, reverse=True)[:n]
+
+
+SOURCES = {cls.name: cls for cls in (Bestsellers, Trending, ContentSession, ContentItem, Accessories)}

@@ -1,0 +1,59 @@
+"""Ray: a local head started with `ray start --head`, or the cluster at RAY_ADDRESS."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from recsys.services.base import Health
+from recsys.services.process import port_open
+
+# Inherited by every Ray process, Serve's proxy and replicas included (shared/STACK-NOTES.md: the
+# separate-thread/loop defaults cost latency on 2 cores).
+RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+
+
+def ray_cli() -> str:
+    """The `ray` script of this interpreter's environment (a venv need not be on PATH)."""
+    local = Path(sys.executable).with_name("ray")
+    return str(local) if local.exists() else (shutil.which("ray") or "ray")
+
+
+class Ray:
+    name = "ray"
+
+    def __init__(self, cfg):
+        self.cfg = cfg.services.ray
+        self.external = bool(self.cfg.address)
+        self.marker = Path(cfg.state_dir) / "run" / "ray-head"
+
+    @property
+    def address(self) -> str:
+        return self.cfg.address or f"127.0.0.1:{self.cfg.port}"
+
+    def start(self) -> None:
+        if self.external or port_open("127.0.0.1", self.cfg.port):
+            return
+        cmd = [ray_cli(), "start", "--head", f"--port={self.cfg.port}", "--node-ip-address=127.0.0.1",
+               f"--num-cpus={self.cfg.num_cpus}", f"--object-store-memory={int(self.cfg.object_store_bytes)}",
+               f"--include-dashboard={'true' if self.cfg.dashboard else 'false'}", "--disable-usage-stats"]
+        subprocess.run(cmd, check=True, env={**os.environ, **RAY_ENV}, capture_output=True, text=True)
+        self.marker.parent.mkdir(parents=True, exist_ok=True)
+        self.marker.write_text(self.address)
+
+    def stop(self) -> bool:
+        if self.external or not self.marker.exists():
+            return False
+        subprocess.run([ray_cli(), "stop", "--force"], env={**os.environ, **RAY_ENV}, capture_output=True)
+        self.marker.unlink(missing_ok=True)
+        return True
+
+    def health(self) -> Health:
+        host, _, port = self.address.rpartition(":")
+        host = host.replace("ray://", "") or "127.0.0.1"
+        ok = port_open(host, int(port))
+        return Health(self.name, ok, self.address, self.marker.exists(), "" if ok else "no head answers")

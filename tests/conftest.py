@@ -1,0 +1,77 @@
+"""Shared fixtures: a real Postgres+pgvector, Kafka broker and Redis for the suite, on ports and a key
+prefix of its own so a running demo (and the machine's shared Redis) are never touched."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+
+import psycopg
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+from recsys.config import load_config  # noqa: E402
+
+STATE = tempfile.mkdtemp(prefix="recsys-test-")
+PREFIX = f"recsys-test-{uuid.uuid4().hex[:8]}:"
+TEST_OVERRIDES = [
+    f"state_dir={STATE}",
+    "data=small",
+    "services.postgres.dsn=null",
+    "services.postgres.port=55439",
+    "services.kafka.bootstrap=null",
+    "services.kafka.port=59099",
+    "services.redis.url=redis://127.0.0.1:6379/15",
+    f"services.redis.key_prefix={PREFIX}",
+    "services.ray.address=null",
+    "services.ray.port=6389",
+    "serve.port=8089",
+    "features.consumer.session_timeout_ms=2000",
+    "features.consumer.heartbeat_interval_ms=500",
+]
+
+
+def make_cfg(*extra: str):
+    return load_config(TEST_OVERRIDES + list(extra))
+
+
+@pytest.fixture(scope="session")
+def cfg():
+    return make_cfg()
+
+
+@pytest.fixture(scope="session")
+def stack(cfg):
+    """Postgres, Redis and the broker up for the whole session; stopped and cleaned afterwards."""
+    from recsys import services
+    from recsys.features.online_store import OnlineStore
+
+    services.up(cfg, with_ray=False)
+    yield cfg
+    OnlineStore.from_config(cfg).delete_all()
+    services.down(cfg, with_ray=False)
+    shutil.rmtree(STATE, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def world(stack):
+    """The small synthetic world loaded and embedded, as `make demo` does at full size."""
+    from recsys.catalog.embed import embed_catalog
+    from recsys.data import load_world
+
+    load_world(stack)
+    embed_catalog(stack)
+    return stack
+
+
+@pytest.fixture
+def pg(stack):
+    from recsys.services import Postgres
+
+    with psycopg.connect(Postgres(stack).dsn, autocommit=True) as conn:
+        yield conn
