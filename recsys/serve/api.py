@@ -24,9 +24,20 @@ def _csv(value: str | None) -> list[str]:
     return [s for s in (value or "").split(",") if s]
 
 
+_recommender = None
+
+
+def set_recommender(recommender) -> None:
+    """Install the replica's Recommender (the Serve deployment does it; so do tests). A module global,
+    because Serve runs its own copy of `api`, not the object this module holds."""
+    global _recommender
+    _recommender = recommender
+
+
 def recommender_of(request: Request):
-    """The replica's Recommender, set by the Serve deployment (or a test) on `api.state`."""
-    return request.app.state.recommender
+    if _recommender is None:
+        raise HTTPException(503, "replica is starting")
+    return _recommender
 
 
 @api.get("/healthz")

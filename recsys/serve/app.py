@@ -11,7 +11,7 @@ import os
 from omegaconf import OmegaConf
 from ray import serve
 
-from recsys.serve.api import api
+from recsys.serve.api import api, set_recommender
 from recsys.services.ray_head import RAY_ENV
 
 
@@ -27,7 +27,7 @@ class RecsysApi:
         from recsys.serve.recommender import Recommender
 
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
-        api.state.recommender = Recommender(OmegaConf.create(cfg_dict))
+        set_recommender(Recommender(OmegaConf.create(cfg_dict)))
 
 
 def build_app(cfg):
@@ -64,3 +64,11 @@ def deploy(cfg) -> str:
 def shutdown(cfg) -> None:
     connect(cfg)
     serve.delete(cfg.serve.app_name)
+
+
+def app_builder(args: dict):
+    """Application builder for `serve run` / `serve deploy` / KubeRay RayService:
+    `import_path: recsys.serve.app:app_builder`, `args: {overrides: ["serve.port=8000", ...]}`."""
+    from recsys.config import load_config
+
+    return build_app(load_config(list(args.get("overrides", []))))

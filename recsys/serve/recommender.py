@@ -10,6 +10,8 @@ import logging
 import time
 from collections import defaultdict
 
+from omegaconf import OmegaConf
+
 from recsys.features.online_store import UserState
 from recsys.serve.request import Candidate, RecRequest
 from recsys.serve.resources import Resources
@@ -27,11 +29,12 @@ class Recommender:
         self.cfg = cfg
         self.res = resources or Resources(cfg)
         self.sources = {name: cls(self.res) for name, cls in SOURCES.items()}
+        self.surfaces = OmegaConf.to_container(cfg.surfaces, resolve=True)  # plain dicts: hot path
 
     def recommend(self, req: RecRequest) -> dict:
-        if req.surface not in self.cfg.surfaces:
+        if req.surface not in self.surfaces:
             raise UnknownSurface(req.surface)
-        surface = self.cfg.surfaces[req.surface]
+        surface = self.surfaces[req.surface]
         k = max(1, min(int(req.k), 50))
         degraded: list[str] = []
         started = time.perf_counter()
@@ -49,16 +52,16 @@ class Recommender:
 
         excluded = self._excluded(req, user, surface)
         per_source: dict[str, list[Candidate]] = {}
-        for name, quota in surface.sources.items():
+        for name, quota in surface["sources"].items():
             try:
                 per_source[name] = self.sources[name].fetch(req, user, int(quota))
             except Exception as exc:
                 degraded.append(f"{name}: {type(exc).__name__}")
                 log.debug("source %s failed", name, exc_info=True)
 
-        items = self._blend(per_source, surface.sources, excluded, k, req.explain)
+        items = self._blend(per_source, surface["sources"], excluded, k, req.explain)
         if len(items) < k:  # cold start or dead sources: fill from the fallback, then the catalog
-            items += self._fill(items, excluded, k - len(items), surface.fallback)
+            items += self._fill(items, excluded, k - len(items), surface["fallback"])
 
         content = self.res.content[0] if self.res.content else None
         response = {
@@ -88,9 +91,7 @@ class Recommender:
 
     def _in_stock(self, sku: str) -> bool:
         catalog = self.res.catalog
-        if catalog is None:
-            return True
-        return sku in catalog.items.index and catalog.items.at[sku, "stock"] > 0
+        return catalog is None or sku in catalog.in_stock
 
     def _blend(self, per_source, quotas, excluded, k, explain) -> list[dict]:
         """Rank-based blend: a source's weight is its quota share; within it, earlier ranks count more."""

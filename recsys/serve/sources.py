@@ -46,6 +46,8 @@ class _ContentNeighbours:
 
     def __init__(self, res: Resources):
         self.res = res
+        self.ef_search = int(res.cfg.embedding.hnsw_ef_search)
+        self.session_views = int(res.cfg.serve.session_vector_views)
 
     def _search(self, anchors: list[str], n: int, reason: str) -> list[Candidate]:
         if not self.res.content:
@@ -57,8 +59,7 @@ class _ContentNeighbours:
         query /= np.linalg.norm(query) or 1.0
         version, dim = self.res.content
         with self.res.pool.connection(timeout=1) as conn:
-            rows = vectors.search(conn, version, dim, query, n + len(anchors),
-                                  int(self.res.cfg.embedding.hnsw_ef_search))
+            rows = vectors.search(conn, version, dim, query, n + len(anchors), self.ef_search)
         anchor_set = set(anchors)
         return [Candidate(sku, float(score), self.name, [reason]) for sku, score in rows if sku not in anchor_set][:n]
 
@@ -69,7 +70,7 @@ class ContentSession(_ContentNeighbours):
     name = "content_session"
 
     def fetch(self, req: RecRequest, user: UserState, n: int) -> list[Candidate]:
-        recent = [sku for sku, _ in user.views[: int(self.res.cfg.serve.session_vector_views)]]
+        recent = [sku for sku, _ in user.views[: self.session_views]]
         return self._search(req.context_skus + recent, n, "similar to what you viewed")
 
 

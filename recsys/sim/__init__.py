@@ -1,0 +1,1 @@
+"""The synthetic electronics world: catalog generator and shopper simulator with hidden preferences."""
