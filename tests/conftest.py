@@ -1,10 +1,11 @@
-"""Shared fixtures: a real Postgres+pgvector, Kafka broker and Redis for the suite, on ports and a key
-prefix of its own so a running demo (and the machine's shared Redis) are never touched."""
+"""Shared fixtures: a real Postgres+pgvector, Kafka broker and Redis for the suite, on free ports and a
+key prefix of its own so a running demo, another suite and the machine's shared Redis are never touched."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 import uuid
 
@@ -17,20 +18,29 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 from recsys.config import load_config  # noqa: E402
 
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# Ports of this session's own: two suites (or a suite and a demo) can run side by side.
 STATE = tempfile.mkdtemp(prefix="recsys-test-")
 PREFIX = f"recsys-test-{uuid.uuid4().hex[:8]}:"
 TEST_OVERRIDES = [
     f"state_dir={STATE}",
     "data=small",
     "services.postgres.dsn=null",
-    "services.postgres.port=55439",
+    f"services.postgres.port={free_port()}",
     "services.kafka.bootstrap=null",
-    "services.kafka.port=59099",
+    f"services.kafka.port={free_port()}",
     "services.redis.url=redis://127.0.0.1:6379/15",
     f"services.redis.key_prefix={PREFIX}",
     "services.ray.address=null",
-    "services.ray.port=6389",
-    "serve.port=8089",
+    f"services.ray.port={free_port()}",
+    f"serve.port={free_port()}",
     "features.consumer.session_timeout_ms=2000",
     "features.consumer.heartbeat_interval_ms=500",
 ]

@@ -1,7 +1,6 @@
 """`recsys services`: idempotent start, health, Redis started only when none answers, clean stop."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,13 +11,7 @@ import pytest
 from recsys import services
 from recsys.services import Kafka, Postgres, Redis
 from recsys.services.process import port_open
-from tests.conftest import STATE, make_cfg
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import STATE, free_port, make_cfg
 
 
 def postmaster_pid(cfg) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import psycopg
@@ -39,21 +40,35 @@ def encode_texts(texts: list[str], model_path: str | None = None, batch_size: in
 
 
 def embed_catalog(cfg, force: bool = False) -> str:
-    """Embed every item's spec text into the content vector set and make it live."""
+    """Embed every item on Ray Data into the content vector set (Parquet + pgvector) and make it live."""
+    import pandas as pd
+
+    from recsys.raycluster import ensure_ray
     from recsys.services import Postgres
+    from recsys.train.embed_catalog import content_matrix, embed_items
 
     e = cfg.embedding
     with psycopg.connect(Postgres(cfg).dsn, autocommit=True) as conn:
-        rows = conn.execute("SELECT sku, coalesce(spec_text, title) FROM items ORDER BY sku").fetchall()
+        items = pd.DataFrame(conn.execute("SELECT sku, coalesce(spec_text, title) AS spec_text, image_uri "
+                                          "FROM items ORDER BY sku").fetchall(),
+                             columns=["sku", "spec_text", "image_uri"])
         have = conn.execute("SELECT count(*) FROM item_vectors WHERE model_version = %s",
                             (e.content_version,)).fetchone()[0]
         live = vectors.live_version(conn, "content")
-        if not force and have == len(rows) and live and live[0] == e.content_version:
+        if not force and have == len(items) and live and live[0] == e.content_version:
             return f"content vectors {e.content_version}: {have} already live"
         start = time.monotonic()
-        matrix = encode_texts([r[1] for r in rows], e.model_path, int(e.batch_size))
+        ensure_ray(cfg)
+        parts = embed_items(items, e)
+        skus = items["sku"].tolist()
+        matrix = content_matrix(parts, skus)
         took = time.monotonic() - start
-        vectors.write_vectors(conn, e.content_version, "content", [r[0] for r in rows], matrix,
+        out = Path(cfg.state_dir) / "artifacts" / e.content_version
+        out.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({"sku": skus, "vector": list(matrix)}).to_parquet(out / "item_vectors.parquet")
+        vectors.write_vectors(conn, e.content_version, "content", skus, matrix,
                               int(e.hnsw_m), int(e.hnsw_ef_construction))
         vectors.make_live(conn, e.content_version)
-    return f"content vectors {e.content_version}: {len(rows)} SKUs embedded in {took:.0f} s, HNSW built, live"
+    kinds = " + ".join(parts)
+    return (f"content vectors {e.content_version} ({kinds}): {len(skus)} SKUs embedded on Ray Data in {took:.0f} s, "
+            f"HNSW built, live; Parquet in {out}")

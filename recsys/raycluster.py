@@ -1,0 +1,26 @@
+"""Connect this process to Ray: the configured cluster, the head `recsys services up` started, or
+(when neither answers) a local in-process cluster."""
+
+from __future__ import annotations
+
+import os
+
+
+def ensure_ray(cfg) -> None:
+    import ray
+
+    from recsys.services.process import port_open
+    from recsys.services.ray_head import RAY_ENV, Ray
+
+    if ray.is_initialized():
+        return
+    os.environ.update(RAY_ENV)
+    head = Ray(cfg)
+    host, _, port = head.address.rpartition(":")
+    address = head.address if head.external or port_open(host or "127.0.0.1", int(port)) else "local"
+    kwargs = {"num_cpus": int(cfg.services.ray.num_cpus), "include_dashboard": False} if address == "local" else {}
+    ray.init(address=address, logging_level="WARNING", log_to_driver=False,
+             runtime_env={"env_vars": RAY_ENV}, **kwargs)
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
