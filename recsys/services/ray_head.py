@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from recsys.services.base import Health
-from recsys.services.process import port_open
+from recsys.services.process import port_open, wait_for
 
 # Inherited by every Ray process, Serve's proxy and replicas included (shared/STACK-NOTES.md: the
 # separate-thread/loop defaults cost latency on 2 cores).
@@ -53,16 +53,37 @@ class Ray:
     def address(self) -> str:
         return self.cfg.address or f"127.0.0.1:{self.cfg.port}"
 
+    @property
+    def job_address(self) -> str:
+        """Where `ray job submit --address` goes (the head's dashboard)."""
+        return f"http://127.0.0.1:{self.cfg.dashboard_port}"
+
     def start(self) -> None:
         if self.external or port_open("127.0.0.1", self.cfg.port):
             return
-        cmd = [ray_cli(), "start", "--head", f"--port={self.cfg.port}", "--node-ip-address=127.0.0.1",
+        cmd = [ray_cli(), "start", "--head", f"--port={self.cfg.port}",
                f"--num-cpus={self.cfg.num_cpus}", f"--object-store-memory={int(self.cfg.object_store_bytes)}",
-               f"--include-dashboard={'true' if self.cfg.dashboard else 'false'}", "--disable-usage-stats",
+               f"--include-dashboard={'true' if self.cfg.dashboard else 'false'}", "--dashboard-host=127.0.0.1",
+               f"--dashboard-port={self.cfg.dashboard_port}", "--disable-usage-stats",
                f"--temp-dir={self.temp_dir}"]
-        subprocess.run(cmd, check=True, env={**os.environ, **RAY_ENV}, capture_output=True, text=True)
+        cmd += [f"--{name.replace('_', '-')}={port}" for name, port in self.cfg.agent_ports.items() if port]
+        # Jobs (`ray job submit -- python -m ...`) run `python` from PATH: make it this environment's.
+        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+        done = subprocess.run(cmd, env={**os.environ, **RAY_ENV, "PATH": path}, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"ray start failed: {done.stderr.strip()[-2000:]}")
         self.marker.parent.mkdir(parents=True, exist_ok=True)
         self.marker.write_text(self.address)
+        if self.cfg.dashboard:
+            wait_for(self._jobs_ready, 60, "the Ray job server", interval=0.5)
+
+    def _jobs_ready(self) -> bool:
+        import httpx
+
+        try:
+            return httpx.get(f"{self.job_address}/api/version", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def stop(self) -> bool:
         if self.external or not self.marker.exists():
@@ -83,4 +104,5 @@ class Ray:
         host, _, port = self.address.rpartition(":")
         host = host.replace("ray://", "") or "127.0.0.1"
         ok = port_open(host, int(port))
-        return Health(self.name, ok, self.address, self.marker.exists(), "" if ok else "no head answers")
+        jobs = "" if self.external else (f"jobs at {self.job_address}" if self.cfg.dashboard else "no job server")
+        return Health(self.name, ok, self.address, self.marker.exists(), jobs if ok else "no head answers")

@@ -1,0 +1,142 @@
+"""The nightly training job, one Ray job: `python -m recsys.train.pipeline [hydra overrides]`.
+
+embed the catalog (Ray Data) -> two-tower (Ray Train) -> ALS -> evaluate on a time holdout ->
+export (ONNX) -> item vectors into pgvector beside the live set -> register the models ->
+promote (when asked and the gates pass) -> cohort centroids and user vectors in Redis.
+
+Submit it to a cluster with `ray job submit --working-dir . -- python -m recsys.train.pipeline`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import psycopg
+from omegaconf import OmegaConf
+
+from recsys import registry
+from recsys.catalog import vectors
+from recsys.config import load_config
+from recsys.raycluster import ensure_ray
+from recsys.services import Postgres
+
+log = logging.getLogger("recsys.pipeline")
+
+
+class Steps:
+    """Prints one line per step with its duration, so progress is visible in `ray job logs -f`."""
+
+    def __init__(self):
+        self.started = time.monotonic()
+
+    def __call__(self, title: str):
+        print(f"[{time.monotonic() - self.started:6.1f}s] {title}", flush=True)
+
+
+def run(cfg) -> dict:
+    from recsys.catalog.embed import embed_catalog
+    from recsys.train import dataset, evaluate, user_vectors
+    from recsys.train.als import ALSConfig, ALSRecommender
+    from recsys.train.ray_train import fit_on_ray
+    from recsys.train.two_tower import EvalSet, export_item_tower_onnx, export_user_tower_onnx
+    from recsys.train.two_tower import check_item_tower_parity, check_user_tower_parity
+
+    p = cfg.pipeline
+    step = Steps()
+    version = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out = Path(p.artifacts) / f"two-tower-{version}"
+    out.mkdir(parents=True, exist_ok=True)
+    ensure_ray(cfg, log_to_driver=True)  # the workers' per-epoch lines show in `ray job logs`
+
+    step("1/8 catalog embedding on Ray Data")
+    print("       " + embed_catalog(cfg), flush=True)
+    with psycopg.connect(Postgres(cfg).dsn, autocommit=True) as conn:
+        step("2/8 reading the catalog and the event log")
+        catalog = dataset.read_catalog(conn)
+        events = dataset.read_events(conn)
+    data = dataset.sequences(events, catalog.index, float(p.holdout_days))
+    feats = catalog.item_features()
+    rng = np.random.default_rng(int(cfg.seed))
+    long_enough = np.array([i for i, s in enumerate(data.train) if len(s) >= 3])
+    valid_rows = rng.choice(long_enough, size=min(int(p.valid_users), len(long_enough)), replace=False)
+    valid = EvalSet(inputs=[data.train[i][:-1] for i in valid_rows], targets=np.array([data.train[i][-1] for i in valid_rows]),
+                    seen=[data.train[i][:-1] for i in valid_rows],
+                    input_ts=[data.train_ts[i][:-1] for i in valid_rows],
+                    target_ts=np.array([data.train_ts[i][-1] for i in valid_rows]))
+    fit_rows = set(valid_rows.tolist())
+    train_seqs = [s[:-1] if i in fit_rows else s for i, s in enumerate(data.train)]
+    train_ts = [t[:-1] if i in fit_rows else t for i, t in enumerate(data.train_ts)]
+    print(f"       {len(catalog.skus)} items, {len(events)} events, {len(data.users)} users with history, "
+          f"{len(data.targets)} holdout targets after {data.holdout.cutoff}", flush=True)
+
+    step(f"3/8 two-tower on Ray Train ({p.num_workers} workers)")
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    model, train_metrics = fit_on_ray(train_seqs, train_ts, feats, model_cfg, valid, p,
+                                      str(Path(p.artifacts).resolve() / "ray"), f"two-tower-{version}")
+
+    step("4/8 ALS")
+    train_events = data.holdout.train
+    als = ALSRecommender(ALSConfig(**OmegaConf.to_container(p.als), seed=int(cfg.seed))).fit_events(
+        train_events, event_col="type", users=data.users, items=catalog.skus)
+
+    step("5/8 evaluation on the time holdout")
+    metrics = evaluate.synthetic_report(cfg, model, als, catalog, data, rng)
+    for name, value in metrics.items():
+        print(f"       {name:<40} {value:.4f}", flush=True)
+
+    step("6/8 export: ONNX item and user towers, parity with torch")
+    export_item_tower_onnx(model, str(out / "item_tower.onnx"))
+    export_user_tower_onnx(model, str(out / "user_tower.onnx"))
+    parity = {"onnx_item_max_abs_diff": check_item_tower_parity(model, str(out / "item_tower.onnx")),
+              "onnx_user_max_abs_diff": check_user_tower_parity(model, str(out / "user_tower.onnx"))}
+    import torch
+
+    torch.save(model.state_dict(), out / "model.pt")
+    np.savez(out / "als.npz", user_factors=als.user_factors, item_factors=als.item_factors)
+    (out / "skus.json").write_text(json.dumps(catalog.skus))
+    (out / "config.json").write_text(json.dumps(model_cfg))
+
+    step("7/8 item vectors into pgvector beside the live set, models registered")
+    item_vectors = model.item_vectors().detach().cpu().numpy()
+    tt_version, als_version = f"two-tower-{version}", f"als-{version}"
+    with psycopg.connect(Postgres(cfg).dsn, autocommit=True) as conn:
+        vectors.write_vectors(conn, tt_version, "retrieval", catalog.skus, item_vectors,
+                              int(cfg.embedding.hnsw_m), int(cfg.embedding.hnsw_ef_construction))
+        ann = evaluate.ann_report(conn, tt_version, model, catalog, data, rng, cfg)
+        metrics.update(ann)
+        for name, value in ann.items():
+            print(f"       {name:<40} {value:.4f}", flush=True)
+        all_metrics = {**metrics, **parity, **{k: v for k, v in train_metrics.items() if isinstance(v, (int, float))}}
+        registry.register(conn, tt_version, "two_tower", str(out.resolve()), model_cfg, all_metrics)
+        registry.register(conn, als_version, "als", str((out / "als.npz").resolve()),
+                          OmegaConf.to_container(p.als), {k: v for k, v in metrics.items() if k.startswith("als.")})
+        gates_pass = (metrics["two_tower.ndcg@12"] >= float(p.gates.min_ndcg_at_12)
+                      and metrics["two_tower.coverage@12"] >= float(p.gates.min_coverage_at_12))
+        promoted = bool(p.promote) and gates_pass
+        if promoted:
+            vectors.make_live(conn, tt_version)
+            registry.set_stage(conn, tt_version, "live")
+            registry.set_stage(conn, als_version, "live")
+
+    step("8/8 cohort centroids and active users' vectors into Redis")
+    print("       " + user_vectors.publish(cfg, model, catalog, data, events, tt_version), flush=True)
+    step(f"done: {tt_version} {'promoted to live' if promoted else 'registered as candidate'}")
+    return {"version": tt_version, "promoted": promoted, **all_metrics}
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    cfg = load_config(sys.argv[1:] if argv is None else argv)
+    result = run(cfg)
+    print(json.dumps({k: v for k, v in result.items()}, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
