@@ -69,6 +69,13 @@ def _train(args, cfg) -> int:
     return 0
 
 
+def _cold_items(args, cfg) -> int:
+    from recsys.train.cold_items import embed_cold_items
+
+    print(embed_cold_items(cfg))
+    return 0
+
+
 def _evaluate(args, cfg) -> int:
     from recsys.train.beauty_benchmark import main as beauty
 
@@ -109,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("train", help="the training pipeline (same as python -m recsys.train.pipeline)")
     p.set_defaults(run=_train)
+
+    p = sub.add_parser("cold-items", help="vectors for SKUs the live two-tower has not seen (content only)")
+    p.set_defaults(run=_cold_items)
 
     p = sub.add_parser("evaluate", help="the Amazon Beauty full-ranking benchmark (see --help)")
     p.set_defaults(run=_evaluate)

@@ -20,17 +20,22 @@ def step(title: str) -> float:
 
 def bring_up(cfg, overrides: list[str] | None = None) -> str:
     """Everything up and serving (idempotent); returns the HTTP base URL."""
-    from recsys.catalog.embed import embed_catalog
     from recsys.data import load_world
     from recsys.serve import app
+    from recsys.train.pipeline import run as train
 
     t = step("services")
     for health in services.up(cfg):
         print("  " + health.line())
     t = step("data: catalog and history -> Postgres, online features -> Redis")
     print("  " + load_world(cfg).replace("\n", "\n  "))
-    t = step("content vectors: MiniLM spec text -> pgvector HNSW")
-    print("  " + embed_catalog(cfg))
+    step("training pipeline: Ray Data embeddings, two-tower on Ray Train, ALS, evaluation, index, registry")
+    if _trained_on_current_data(cfg):
+        print("  a live two-tower trained on this dataset exists: skipped (recsys train retrains)")
+    else:
+        result = train(cfg)
+        print(f"  {result['version']}: NDCG@12 {result['two_tower.ndcg@12']:.4f} "
+              f"(ALS {result['als.ndcg@12']:.4f}, popularity {result['popularity.ndcg@12']:.4f})")
     step("feature consumer")
     print(f"  pid {app_processes.start(cfg, 'consumer', ['consume'], list(overrides or []))}")
     t = step("Ray Serve application")
@@ -38,6 +43,16 @@ def bring_up(cfg, overrides: list[str] | None = None) -> str:
     _wait_healthy(url)
     print(f"  {url} healthy after {time.monotonic() - t:.0f} s")
     return url
+
+
+def _trained_on_current_data(cfg) -> bool:
+    from recsys import registry
+    from recsys.services import Postgres
+
+    with psycopg.connect(Postgres(cfg).dsn) as conn:
+        live = registry.live(conn, "two_tower")
+        loaded = conn.execute("SELECT max(loaded_at) FROM datasets").fetchone()[0]
+    return live is not None and loaded is not None and live.created_at > loaded
 
 
 def _wait_healthy(url: str, timeout: float = 180) -> None:

@@ -21,6 +21,9 @@ def ensure_ray(cfg, log_to_driver: bool = False) -> None:
     kwargs = {"num_cpus": int(cfg.services.ray.num_cpus), "include_dashboard": False} if address == "local" else {}
     ray.init(address=address, logging_level="WARNING", log_to_driver=log_to_driver,
              runtime_env={"env_vars": RAY_ENV}, **kwargs)
+    # Ray's own helper processes (Train's placement-group cleaner, the state API) look the cluster
+    # up again: name it, or they give up when a machine runs more than one.
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False

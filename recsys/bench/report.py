@@ -26,12 +26,13 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {mem_kb / 2**20:.0f} GiB, {platform.system()} {platform.release()}"
 
 
-def record(figures: dict[str, tuple[float, str]], command: str, docs: Path = DOCS) -> None:
-    """Merge figures {name: (value, unit)} into benchmarks.json and rewrite benchmarks.md."""
+def record(figures: dict[str, tuple[float, str]], command: str, docs: Path = DOCS, where: str | None = None) -> None:
+    """Merge figures {name: (value, unit)} into benchmarks.json and rewrite benchmarks.md.
+    `where` names the machine when it is not this one (a lent GPU machine)."""
     docs.mkdir(parents=True, exist_ok=True)
     path = docs / "benchmarks.json"
     data = json.loads(path.read_text()) if path.exists() else {}
-    today, where = date.today().isoformat(), machine()
+    today, where = date.today().isoformat(), where or machine()
     for name, (value, unit) in figures.items():
         data[name] = {"value": round(float(value), 4), "unit": unit, "command": command, "date": today,
                       "machine": where}
@@ -40,7 +41,7 @@ def record(figures: dict[str, tuple[float, str]], command: str, docs: Path = DOC
 
 
 def write_markdown(data: dict, path: Path) -> None:
-    notes = path.with_name("benchmarks-notes.md")
+    sections = sorted(path.parent.glob("benchmarks-*.md"))  # hand-written notes, generated tables
     lines = ["# Benchmarks", "",
              "Generated from `docs/benchmarks.json` by the commands listed; rerun them to reproduce. "
              "Every figure names the machine and date it was measured on.", ""]
@@ -53,6 +54,6 @@ def write_markdown(data: dict, path: Path) -> None:
             f = data[name]
             lines.append(f"| `{name}` | {f['value']:g} | {f['unit']} | `{f['command']}` | {f['date']} | {f['machine']} |")
         lines.append("")
-    if notes.exists():
-        lines += [notes.read_text().rstrip(), ""]
+    for section in sections:
+        lines += [section.read_text().rstrip(), ""]
     path.write_text("\n".join(lines))

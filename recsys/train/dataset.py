@@ -14,7 +14,7 @@ from recsys.catalog import vectors
 from recsys.train.splits import TimeHoldout, time_holdout
 from recsys.train.two_tower import ItemFeatures, pad_lists
 
-EVENT_WEIGHTS = {"product_viewed": 1.0, "add_to_cart": 3.0, "purchase_completed": 5.0}
+MAX_NEIGHBORS = 8
 
 
 @dataclass
@@ -28,7 +28,11 @@ class CatalogArrays:
     def index(self) -> dict[str, int]:
         return {sku: i for i, sku in enumerate(self.skus)}
 
-    def item_features(self, max_neighbors: int = 8) -> ItemFeatures:
+    def categories(self) -> list[str]:
+        """The category vocabulary, in the order of the codes the item tower was trained on."""
+        return [str(c) for c in self.items["category"].astype("category").cat.categories]
+
+    def item_features(self, max_neighbors: int = MAX_NEIGHBORS) -> ItemFeatures:
         cats = self.items["category"].astype("category").cat.codes.to_numpy().astype(np.int64)
         bands = self.items["price_band"].fillna(0).to_numpy().astype(np.int64)
         margin = self.items["margin"].fillna(0).to_numpy().astype(np.float32)[:, None]

@@ -98,8 +98,10 @@ def run(cfg) -> dict:
     import torch
 
     torch.save(model.state_dict(), out / "model.pt")
-    np.savez(out / "als.npz", user_factors=als.user_factors, item_factors=als.item_factors)
+    np.savez(out / "als.npz", user_factors=als.user_factors, item_factors=als.item_factors,
+             users=np.asarray(data.users), regularization=float(p.als.regularization), alpha=float(p.als.alpha))
     (out / "skus.json").write_text(json.dumps(catalog.skus))
+    (out / "categories.json").write_text(json.dumps(catalog.categories()))
     (out / "config.json").write_text(json.dumps(model_cfg))
 
     step("7/8 item vectors into pgvector beside the live set, models registered")

@@ -1,0 +1,73 @@
+"""Record Amazon Beauty results (JSON written by `recsys.train.beauty_benchmark --out`) into
+docs/benchmarks.json, and write the table of our rows next to the published ones.
+
+    python -m recsys.bench.beauty RESULT.json [...] [--where "NVIDIA H200 (lent GPU machine)"]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from recsys.bench.report import DOCS, record
+
+METRICS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20")
+# shared/data/amazon-beauty/README.md: published full-ranking results on this exact file.
+PUBLISHED = {
+    "Popularity": (0.0080, 0.0044, 0.0152, 0.0068, 0.0217, 0.0084),
+    "GRU4Rec": (0.0164, 0.0099, 0.0283, 0.0137, 0.0479, 0.0187),
+    "BERT4Rec": (0.0203, 0.0124, 0.0347, 0.0170, 0.0599, 0.0233),
+    "SASRec": (0.0387, 0.0249, 0.0605, 0.0318, 0.0902, 0.0394),
+    "S3-Rec": (0.0387, 0.0244, 0.0647, 0.0327, 0.0994, 0.0414),
+    "ICLRec": (0.0500, 0.0326, 0.0744, 0.0403, 0.1058, 0.0483),
+    "BSARec": (0.0736, 0.0523, 0.1008, 0.0611, 0.1373, 0.0703),
+}
+
+
+def command_of(args: dict, model: str) -> str:
+    return (f"python -m recsys.train.beauty_benchmark --models {model} --device {args['device']} "
+            f"--epochs {args['epochs']} --patience {args['patience']} --batch-size {args['batch_size']} "
+            f"--lr {args['lr']} --time-budget {args['time_budget']:g} --threads {args['threads']} --seed {args['seed']}")
+
+
+def import_results(paths: list[Path], where: str | None) -> None:
+    for path in paths:
+        result = json.loads(path.read_text())
+        for model, body in result["models"].items():
+            figures = {f"beauty.{model}.{m.lower()}": (v, "fraction") for m, v in body["metrics"].items()
+                       if m in METRICS or m.startswith(("coverage", "long_tail"))}
+            if "epochs_run" in body:
+                figures[f"beauty.{model}.epochs"] = (body["epochs_run"], "epochs")
+            record(figures, command_of(result["args"], model), where=where)
+    write_table(DOCS)
+
+
+def write_table(docs: Path) -> None:
+    data = json.loads((docs / "benchmarks.json").read_text())
+    ours = sorted({name.split(".")[1] for name in data if name.startswith("beauty.")})
+    lines = ["## Amazon Beauty: our rows next to the published ones", "",
+             "Leave-one-out, full ranking over all 12,101 items, history excluded, all 22,363 users "
+             "(shared/data/amazon-beauty/README.md). Our rows come from `recsys.train.beauty_benchmark` "
+             "(commands and machines in the `beauty` table above).", "",
+             "| model | " + " | ".join(METRICS) + " | source |", "| --- |" + " ---: |" * len(METRICS) + " --- |"]
+    for model in ours:
+        values = [data.get(f"beauty.{model}.{m.lower()}", {}).get("value") for m in METRICS]
+        cells = " | ".join("–" if v is None else f"{v:.4f}" for v in values)
+        lines.append(f"| **{model}** (ours) | {cells} | {data[f'beauty.{model}.ndcg@10']['machine']} |")
+    for model, values in PUBLISHED.items():
+        lines.append(f"| {model} (published) | " + " | ".join(f"{v:.4f}" for v in values) + " | README |")
+    (docs / "benchmarks-beauty.md").write_text("\n".join(lines) + "\n")
+    record({}, "", docs)  # regenerate benchmarks.md with the table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("results", nargs="+", type=Path)
+    parser.add_argument("--where", default=None, help="the machine, when the results came from another one")
+    args = parser.parse_args()
+    import_results(args.results, args.where)
+
+
+if __name__ == "__main__":
+    main()
