@@ -70,3 +70,52 @@ def test_pipeline_as_a_ray_job(head):
     assert vec.shape == (32,)
     name, centroid = store.cohort(result["version"], "never-seen-device", None, None)
     assert name == "*|*|*" and centroid.shape == (32,)
+
+
+def test_a_new_sku_gets_a_vector_from_content_alone(head):
+    """After the job above: a SKU the live model never saw is embedded by the ONNX item tower,
+    exactly as the torch item tower does it with the ID part zero."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+    from pgvector.psycopg import register_vector
+
+    from recsys.catalog.embed import encode_texts
+    from recsys.train.cold_items import embed_cold_items
+    from recsys.train.dataset import load_item_features
+    from recsys.train.two_tower import TwoTowerConfig, build_model
+
+    cfg, _ = head
+    with psycopg.connect(Postgres(cfg).dsn, autocommit=True) as conn:
+        register_vector(conn)
+        device, category = conn.execute("SELECT src_sku, i.category FROM item_edges e JOIN items i ON i.sku = e.dst_sku "
+                                         "ORDER BY src_sku LIMIT 1").fetchone()
+        conn.execute("INSERT INTO items (sku, title, category, price_band, margin, spec_text, stock) VALUES "
+                     "('NEW-1', 'Brand-new case', %s, 2, 0.5, 'A brand-new protective case', 10)", (category,))
+        conn.execute("INSERT INTO item_edges (src_sku, dst_sku, kind, weight) VALUES (%s, 'NEW-1', 'accessory', 1)",
+                     (device,))
+        assert "1 new SKUs embedded" in embed_cold_items(cfg)
+        live = vectors.live_version(conn, "retrieval")
+        got = conn.execute("SELECT embedding FROM item_vectors WHERE model_version = %s AND sku = 'NEW-1'",
+                           (live[0],)).fetchone()[0].to_numpy()
+        assert "every SKU has a vector" in embed_cold_items(cfg)
+        folder = Path(registry.live(conn, "two_tower").artifact_uri)
+        conn.execute("DELETE FROM items WHERE sku = 'NEW-1'")
+        conn.execute("DELETE FROM item_vectors WHERE sku = 'NEW-1'")
+    skus = json.loads((folder / "skus.json").read_text())
+    categories = json.loads((folder / "categories.json").read_text())
+    model_cfg = TwoTowerConfig.from_dict(json.loads((folder / "config.json").read_text()) | {"device": "cpu"})
+    model = build_model(model_cfg, load_item_features(folder / "item_features.npz"), None)
+    model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
+    model.eval()
+    index = {s: i for i, s in enumerate(skus)}
+    tower = model.item_tower
+    content = torch.as_tensor(encode_texts(["A brand-new protective case"]))
+    with torch.no_grad():
+        expected = tower.encode(torch.zeros(1, dtype=torch.long), content=content,
+                                cats=torch.tensor([[categories.index(category), 2]]),
+                                numeric=torch.tensor([[0.5]]),
+                                nbrs=torch.tensor([[index[device] + 1] + [0] * 7]))[0].numpy()
+    assert np.abs(got - expected).max() < 1e-4

@@ -42,6 +42,24 @@ class CatalogArrays:
             neighbors=pad_lists([n[:max_neighbors] for n in self.neighbors], width=max_neighbors))
 
 
+def save_item_features(feats: ItemFeatures, path) -> None:
+    """The item tower's inputs as trained, so the model can be rebuilt from its artefacts alone."""
+    arrays = {f"categorical.{k}": v for k, v in feats.categorical.items()}
+    for name in ("content", "numeric", "neighbors"):
+        if getattr(feats, name) is not None:
+            arrays[name] = getattr(feats, name)
+    np.savez(path, n_items=feats.n_items, **arrays)
+
+
+def load_item_features(path) -> ItemFeatures:
+    data = np.load(path)
+    return ItemFeatures(
+        n_items=int(data["n_items"]), content=data["content"] if "content" in data else None,
+        numeric=data["numeric"] if "numeric" in data else None,
+        neighbors=data["neighbors"] if "neighbors" in data else None,
+        categorical={k.split(".", 1)[1]: data[k] for k in data.files if k.startswith("categorical.")})
+
+
 def read_catalog(conn: psycopg.Connection) -> CatalogArrays:
     items = pd.DataFrame(conn.execute(
         "SELECT sku, category, price_band, margin, kind, brand FROM items ORDER BY sku").fetchall(),

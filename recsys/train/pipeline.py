@@ -102,6 +102,7 @@ def run(cfg) -> dict:
              users=np.asarray(data.users), regularization=float(p.als.regularization), alpha=float(p.als.alpha))
     (out / "skus.json").write_text(json.dumps(catalog.skus))
     (out / "categories.json").write_text(json.dumps(catalog.categories()))
+    dataset.save_item_features(feats, out / "item_features.npz")
     (out / "config.json").write_text(json.dumps(model_cfg))
 
     step("7/8 item vectors into pgvector beside the live set, models registered")
