@@ -119,3 +119,34 @@ def test_a_new_sku_gets_a_vector_from_content_alone(head):
                                 numeric=torch.tensor([[0.5]]),
                                 nbrs=torch.tensor([[index[device] + 1] + [0] * 7]))[0].numpy()
     assert np.abs(got - expected).max() < 1e-4
+
+
+def test_incremental_cf_folds_in_new_users_and_skus(head):
+    import json
+    from datetime import datetime, timezone
+    from pathlib import Path
+
+    import numpy as np
+
+    from recsys.train import incremental
+
+    cfg, _ = head
+    with psycopg.connect(Postgres(cfg).dsn, autocommit=True) as conn:
+        base = registry.live(conn, "als")
+        skus = [r[0] for r in conn.execute("SELECT sku FROM items ORDER BY sku LIMIT 3")]
+        conn.execute("INSERT INTO items (sku, title, category, stock) VALUES ('NEW-2', 'A new cable', 'cable', 5)")
+        now = datetime.now(timezone.utc)
+        rows = [(f"inc-{i}", "product_viewed", "inc-user", sku, now) for i, sku in enumerate(skus + ["NEW-2"])]
+        conn.cursor().executemany("INSERT INTO events (event_id, type, user_id, sku, ts) VALUES (%s, %s, %s, %s, %s)",
+                                  rows)
+        message = incremental.run(cfg)
+        live = registry.live(conn, "als")
+        conn.execute("DELETE FROM events WHERE user_id = 'inc-user'")
+        conn.execute("DELETE FROM items WHERE sku = 'NEW-2'")
+    assert live.version != base.version and live.metrics["base"] == base.version and "1 new SKUs" in message
+    data = np.load(live.artifact_uri)
+    users = list(data["users"])
+    item_ids = json.loads((Path(live.artifact_uri).parent / "skus.json").read_text())
+    assert "inc-user" in users and item_ids[-1] == "NEW-2"
+    assert np.abs(data["user_factors"][users.index("inc-user")]).sum() > 0
+    assert np.abs(data["item_factors"][-1]).sum() > 0

@@ -1,0 +1,120 @@
+"""LightGBM lambdarank trained through Ray Train, and the ranker serving loads from its text model.
+
+The lists travel to the workers through the object store; each worker takes every world_size-th list
+so no request is split across workers. Training reports once at the end (one checkpoint holding the
+model text): a per-round RayTrainReportCallback costs about 2 s a round here (shared/STACK-NOTES.md).
+Early stopping watches NDCG@12 on the time-based validation lists.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from recsys.rank.features import NAMES
+from recsys.rank.offline import TrainingLists
+
+MODEL_FILE = "model.txt"
+
+
+class LTRRanker:
+    """`score(X) -> scores` over a (n, 28) feature matrix; higher is better."""
+
+    kind = "lightgbm"
+
+    def __init__(self, booster):
+        if list(booster.feature_name()) != list(NAMES):
+            raise ValueError(f"model features {booster.feature_name()} are not the 28 ranking features")
+        self.booster = booster
+
+    def score(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float64).reshape(-1, len(NAMES))
+        return self.booster.predict(X, num_threads=1) if len(X) else np.zeros(0)
+
+    def contributions(self, X: np.ndarray) -> np.ndarray:
+        """Per-feature SHAP contributions (n, 28 + 1 bias): what explanations show."""
+        return self.booster.predict(np.asarray(X, dtype=np.float64), pred_contrib=True, num_threads=1)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.booster.save_model(str(path))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LTRRanker":
+        import lightgbm as lgb
+
+        return cls(lgb.Booster(model_file=str(path)))
+
+
+def _shard(arrays: dict, rank: int, size: int) -> dict:
+    group = arrays["group"]
+    off = np.concatenate([[0], np.cumsum(group)])
+    lists = np.arange(rank, len(group), size)
+    rows = np.concatenate([np.arange(off[i], off[i + 1]) for i in lists]) if len(lists) else np.zeros(0, int)
+    return {"X": arrays["X"][rows], "y": arrays["y"][rows], "group": group[lists]}
+
+
+def _train_loop(config: dict) -> None:
+    """Runs on each Ray Train worker."""
+    import lightgbm as lgb
+    import ray
+    import ray.train
+    from ray.train import Checkpoint
+
+    ctx = ray.train.get_context()
+    rank, size = ctx.get_world_rank(), ctx.get_world_size()
+    data = ray.get(config["data"])
+    train = _shard(data["train"], rank, size)
+    valid = data["valid"]
+    params = dict(config["params"])
+    if size > 1:
+        params.update(ray.train.lightgbm.get_network_params())
+    dtrain = lgb.Dataset(train["X"], train["y"], group=train["group"], feature_name=list(NAMES),
+                         free_raw_data=False)
+    callbacks, valid_sets = [], []
+    if len(valid["group"]):
+        valid_sets = [lgb.Dataset(valid["X"], valid["y"], group=valid["group"], reference=dtrain)]
+        callbacks.append(lgb.early_stopping(int(config["early_stopping_rounds"]), verbose=False))
+    booster = lgb.train(params, dtrain, num_boost_round=int(config["num_boost_round"]), valid_sets=valid_sets,
+                        valid_names=["valid"][: len(valid_sets)], callbacks=callbacks)
+    metrics = {"best_iteration": int(booster.best_iteration or booster.current_iteration())}
+    for name, value in (booster.best_score.get("valid") or {}).items():
+        metrics[f"valid_{name}"] = float(value)
+    if rank == 0:
+        with tempfile.TemporaryDirectory() as tmp:
+            booster.save_model(str(Path(tmp) / MODEL_FILE), num_iteration=metrics["best_iteration"])
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+    else:
+        ray.train.report(metrics)
+
+
+def train_lightgbm(train: TrainingLists, valid: TrainingLists, lgb_cfg, storage_path: str | Path,
+                   name: str = "ranker-lightgbm") -> tuple[LTRRanker, dict]:
+    """Fit lambdarank on Ray Train (the caller has run `ensure_ray`); returns the ranker and its metrics."""
+    import lightgbm as lgb
+    import ray
+    from omegaconf import OmegaConf
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.lightgbm import LightGBMTrainer
+
+    def arrays(lists: TrainingLists) -> dict:
+        return {"X": lists.X.astype(np.float64), "y": lists.y.astype(np.int32), "group": lists.group}
+
+    cfg = OmegaConf.to_container(lgb_cfg, resolve=True) if OmegaConf.is_config(lgb_cfg) else dict(lgb_cfg)
+    data = ray.put({"train": arrays(train), "valid": arrays(valid)})
+    trainer = LightGBMTrainer(
+        _train_loop,
+        train_loop_config={"data": data, "params": cfg["params"], "num_boost_round": cfg["num_boost_round"],
+                           "early_stopping_rounds": cfg["early_stopping_rounds"]},
+        scaling_config=ScalingConfig(num_workers=int(cfg["num_workers"]),
+                                     resources_per_worker={"CPU": float(cfg["cpus_per_worker"])}),
+        run_config=RunConfig(name=name, storage_path=str(Path(storage_path).resolve())),
+    )
+    result = trainer.fit()
+    with result.checkpoint.as_directory() as path:
+        booster = lgb.Booster(model_file=str(Path(path) / MODEL_FILE))
+    return LTRRanker(booster), dict(result.metrics or {})

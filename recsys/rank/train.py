@@ -1,0 +1,95 @@
+"""python -m recsys.rank.train [hydra overrides]: training lists from the Postgres event log, LightGBM
+lambdarank on Ray Train and the MLP alternative, NDCG@12 against retrieval order on the time-based
+validation lists, artefacts under ${state_dir}/artifacts/ranker-<ts>/, registered as kind "ranker"."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psycopg
+from omegaconf import OmegaConf
+
+from recsys.config import load_config
+from recsys.rank.evaluate import compare
+from recsys.rank.features import ItemTable, feature_table
+from recsys.rank.ltr import MODEL_FILE, train_lightgbm
+from recsys.rank.mlp import train_mlp
+from recsys.rank.offline import build_lists
+
+MLP_FILE = "mlp.pt"
+
+
+def read_log(conn: psycopg.Connection) -> pd.DataFrame:
+    return pd.DataFrame(conn.execute(
+        "SELECT event_id, type, user_id, session_id, sku, ts, device FROM events ORDER BY ts, event_id").fetchall(),
+        columns=["event_id", "type", "user_id", "session_id", "sku", "ts", "device"])
+
+
+def content_vectors(conn: psycopg.Connection, items: ItemTable) -> np.ndarray | None:
+    """The live content vectors aligned with `items` (None when there are none or they do not cover it)."""
+    from recsys.catalog import vectors
+
+    live = vectors.live_version(conn, "content")
+    if not live:
+        return None
+    skus, matrix = vectors.read_vectors(conn, live[0])
+    pos = {s: i for i, s in enumerate(skus)}
+    if any(s not in pos for s in items.skus):
+        return None
+    return np.asarray(matrix, dtype=np.float32)[[pos[s] for s in items.skus]]
+
+
+def run(cfg) -> dict:
+    from recsys.raycluster import ensure_ray
+    from recsys.registry import models as registry
+    from recsys.services import Postgres
+
+    started = time.monotonic()
+    r = cfg.ranker
+    version = "ranker-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out = Path(cfg.state_dir) / "artifacts" / version
+    out.mkdir(parents=True, exist_ok=True)
+    with psycopg.connect(Postgres(cfg).dsn, autocommit=True) as conn:
+        items = ItemTable.from_postgres(conn)
+        events = read_log(conn)
+        content = content_vectors(conn, items)
+    lists = build_lists(events, items, cfg.features, r, content=content)
+    train, valid = lists.split()
+    print(f"[{time.monotonic() - started:6.1f}s] lists: {len(train.group)} train / {len(valid.group)} valid, "
+          f"{len(lists.y)} rows", flush=True)
+    ensure_ray(cfg)
+    lgb_ranker, lgb_info = train_lightgbm(train, valid, r.lightgbm, out / "ray", name=version)
+    mlp_ranker, mlp_info = train_mlp(train, valid, r.mlp, seed=int(r.seed))
+    k = int(list(r.ks)[0])
+    metrics = compare(valid, {"lightgbm": lgb_ranker, "mlp": mlp_ranker}, k)
+    metrics.update({"train_lists": float(len(train.group)), "lightgbm_best_iteration": lgb_info.get("best_iteration"),
+                    "mlp_epochs": mlp_info["epochs"], "content_vectors": content is not None})
+    lgb_ranker.save(out / MODEL_FILE)
+    mlp_ranker.save(out / MLP_FILE)
+    feature_table().to_csv(out / "features.csv", index=False)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    config = OmegaConf.to_container(r, resolve=True)
+    with psycopg.connect(Postgres(cfg).dsn, autocommit=True) as conn:
+        registry.register(conn, version, "ranker", str(out.resolve()), config, metrics)
+    for name in ("retrieval_order", "lightgbm", "mlp"):
+        print(f"NDCG@{k} {name:16s} {metrics[f'{name}_ndcg@{k}']:.4f}", flush=True)
+    print(f"[{time.monotonic() - started:6.1f}s] {version} registered, artefacts in {out}", flush=True)
+    return {"version": version, "artifact_uri": str(out.resolve()), **metrics}
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    result = run(load_config(sys.argv[1:] if argv is None else argv))
+    print(json.dumps(result, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
