@@ -92,7 +92,7 @@ def _demo(args, cfg) -> int:
 def _bench(args, cfg) -> int:
     from recsys.bench import run_bench
 
-    return run_bench(cfg, only=args.only)
+    return run_bench(cfg, only=args.only, overrides=args.overrides)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,12 +30,21 @@ def bring_up(cfg, overrides: list[str] | None = None) -> str:
     t = step("data: catalog and history -> Postgres, online features -> Redis")
     print("  " + load_world(cfg).replace("\n", "\n  "))
     step("training pipeline: Ray Data embeddings, two-tower on Ray Train, ALS, evaluation, index, registry")
-    if _trained_on_current_data(cfg):
+    if _trained_on_current_data(cfg, "two_tower"):
         print("  a live two-tower trained on this dataset exists: skipped (recsys train retrains)")
     else:
         result = train(cfg)
         print(f"  {result['version']}: NDCG@12 {result['two_tower.ndcg@12']:.4f} "
               f"(ALS {result['als.ndcg@12']:.4f}, popularity {result['popularity.ndcg@12']:.4f})")
+    step("learning to rank: 28 features, LightGBM on Ray Train, MLP")
+    if _trained_on_current_data(cfg, "ranker"):
+        print("  a live ranker trained on this dataset exists: skipped (python -m recsys.rank.train retrains)")
+    else:
+        from recsys.rank.train import run as train_ranker
+
+        result = train_ranker(cfg)
+        print(f"  {result['version']}: NDCG@12 retrieval order {result['retrieval_order_ndcg@12']:.4f}, "
+              f"LightGBM {result['lightgbm_ndcg@12']:.4f}, MLP {result['mlp_ndcg@12']:.4f}")
     step("feature consumer")
     print(f"  pid {app_processes.start(cfg, 'consumer', ['consume'], list(overrides or []))}")
     t = step("Ray Serve application")
@@ -45,12 +54,12 @@ def bring_up(cfg, overrides: list[str] | None = None) -> str:
     return url
 
 
-def _trained_on_current_data(cfg) -> bool:
+def _trained_on_current_data(cfg, kind: str) -> bool:
     from recsys import registry
     from recsys.services import Postgres
 
     with psycopg.connect(Postgres(cfg).dsn) as conn:
-        live = registry.live(conn, "two_tower")
+        live = registry.live(conn, kind)
         loaded = conn.execute("SELECT max(loaded_at) FROM datasets").fetchone()[0]
     return live is not None and loaded is not None and live.created_at > loaded
 

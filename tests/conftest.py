@@ -41,6 +41,7 @@ TEST_OVERRIDES = [
     "services.ray.address=null",
     f"services.ray.port={free_port()}",
     f"serve.port={free_port()}",
+    "serve.ranker=blend",   # deterministic; the LTR ranker has its own test (test_rank_ltr.py)
     "features.consumer.session_timeout_ms=2000",
     "features.consumer.heartbeat_interval_ms=500",
 ]

@@ -12,11 +12,14 @@ from recsys.serve.recommender import Recommender
 from tests.conftest import make_cfg
 
 SURFACES = ("homepage_hero", "pdp_fbt", "cart_upsell")
+# Budgets far past any stall of a busy test machine: these tests are about content, not time.
+PATIENT = [f"serve.budgets_ms.{stage}=5000" for stage in ("features", "retrieval", "ranker", "slots")] + [
+    "serve.budgets_ms.sources.default=5000"]
 
 
 @pytest.fixture(scope="module")
 def client(world):
-    set_recommender(Recommender(world))
+    set_recommender(Recommender(make_cfg(*PATIENT)))
     with TestClient(api) as c:
         yield c
 
@@ -111,7 +114,7 @@ def test_events_are_acknowledged_and_bad_ones_explained(client, shopper):
 def test_dead_redis_and_dead_postgres_degrade_instead_of_failing(world, shopper):
     for broken, expect in (("services.redis.url=redis://127.0.0.1:1/0", "features"),
                            ("services.postgres.dsn=postgresql://postgres@127.0.0.1:1/none", "content_session")):
-        cfg = make_cfg(broken)
+        cfg = make_cfg(broken, "surfaces.homepage_hero.cache_ttl_s=0", *PATIENT)  # no cached rail answers first
         healthy = Recommender(world)
         recommender = Recommender(cfg)
         if "postgres" in broken:  # keep the snapshots a replica loaded before Postgres died
@@ -128,7 +131,7 @@ def test_dead_redis_and_dead_postgres_degrade_instead_of_failing(world, shopper)
             assert any(d.startswith(expect) for d in body["degraded"]), body["degraded"]
             assert r.headers["cache-control"] == "no-store"
             assert c.get("/healthz").json()["status"] == "degraded"
-    set_recommender(Recommender(world))
+    set_recommender(Recommender(make_cfg(*PATIENT)))
 
 
 def test_a_known_shopper_gets_items_like_their_recent_views(client, shopper):

@@ -7,6 +7,8 @@ import numpy as np
 import psycopg
 import pytest
 
+from recsys.rank.features import NAMES as FEATURE_NAMES
+
 from tests.conftest import make_cfg
 
 OVERRIDES = ("ranker.max_requests=1000", "ranker.lightgbm.cpus_per_worker=0.5", "ranker.lightgbm.num_boost_round=60",
@@ -61,7 +63,7 @@ def test_train_cli_lightgbm_on_ray_beats_retrieval_order(stack):
     from recsys.rank.features import ItemTable
     from recsys.rank.ltr import MODEL_FILE, LTRRanker
     from recsys.rank.offline import build_lists
-    from recsys.rank.train import read_log, run
+    from recsys.rank.train import content_vectors, read_log, run
     from recsys.raycluster import ensure_ray
     from recsys.registry import models as registry
     from recsys.services import Postgres
@@ -76,8 +78,21 @@ def test_train_cli_lightgbm_on_ray_beats_retrieval_order(stack):
     with psycopg.connect(Postgres(stack).dsn, autocommit=True) as conn:
         record = registry.get(conn, result["version"])
         items, events = ItemTable.from_postgres(conn), read_log(conn)
+        content = content_vectors(conn, items)
     assert record.kind == "ranker" and record.metrics[f"lightgbm_{k}"] == result[f"lightgbm_{k}"]
     # The saved model text reproduces the reported number.
-    valid = build_lists(events, items, cfg.features, cfg.ranker).split()[1]
+    valid = build_lists(events, items, cfg.features, cfg.ranker, content=content).split()[1]
     ranker = LTRRanker.load(f"{record.artifact_uri}/{MODEL_FILE}")
     assert ndcg_at_k(ranker.score(valid.X), valid, 12) == pytest.approx(result[f"lightgbm_{k}"], abs=1e-12)
+
+    # Serving with `serve.ranker=ltr` now ranks with this (live) model and explains with its features.
+    from recsys.serve.recommender import Recommender
+    from recsys.serve.request import RecRequest
+
+    assert record.metrics["promoted"] and registry.live(psycopg.connect(Postgres(stack).dsn), "ranker").version == record.version
+    serving = Recommender(make_cfg("serve.ranker=ltr", "serve.budgets_ms.ranker=5000", "surfaces.homepage_hero.cache_ttl_s=0"))
+    user = events.loc[events["user_id"].str.match(r"^u[0-9]+$"), "user_id"].iloc[-1]
+    body = serving.recommend(RecRequest(surface="homepage_hero", user_id=user, explain=True))
+    assert len(body["items"]) == 12 and not any(d.startswith("ranker") for d in body["degraded"]), body["degraded"]
+    names = set(FEATURE_NAMES)
+    assert all(set(i["explain"]["contributions"]) <= names for i in body["items"])

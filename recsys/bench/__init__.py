@@ -1,49 +1,42 @@
-"""`make bench`: ingestion throughput and freshness, HTTP latency per surface; written to docs/benchmarks.*"""
+"""`make bench`: ingestion throughput and freshness; the serving pipeline in-process (the floor); the
+ANN query alone; HTTP latency per surface for each topology. Written to docs/benchmarks.*
+
+`recsys bench --only floor,ann` runs some of them: ingest, floor, ann, http.
+"""
 
 from __future__ import annotations
 
-import psycopg
+from pathlib import Path
 
-from recsys.bench.ingestion import bench_ingestion
-from recsys.bench.loadgen import run_load
-from recsys.bench.report import record
-from recsys.bench.requests import sample_paths
+from recsys.bench.report import DOCS, record
 
 COMMAND = "make bench"
+PARTS = ("ingest", "floor", "ann", "http")
 
 
-def bench_http(cfg, base_url: str) -> dict[str, tuple[float, str]]:
-    from recsys.services import Postgres
-
-    b = cfg.bench
-    figures = {}
-    with psycopg.connect(Postgres(cfg).dsn, autocommit=True) as conn:
-        paths = {s: sample_paths(conn, s, 2000, seed=int(cfg.seed)) for s in cfg.surfaces}
-    for surface, surface_paths in paths.items():
-        run_load(base_url, surface_paths[:50], 20, 2, int(b.http_concurrency))  # warm-up
-        for rate in b.http_rates:
-            result = run_load(base_url, surface_paths, float(rate), float(b.http_duration_s), int(b.http_concurrency))
-            print(f"  {surface:<14} {result.line()}")
-            key = f"serve.{cfg.serve.topology}.{surface}.rate{int(rate)}"
-            figures[f"{key}.p50_ms"] = (result.p50_ms, "ms")
-            figures[f"{key}.p95_ms"] = (result.p95_ms, "ms")
-            figures[f"{key}.p99_ms"] = (result.p99_ms, "ms")
-            figures[f"{key}.achieved_rps"] = (result.achieved, "req/s")
-            figures[f"{key}.error_rate"] = (result.errors / max(result.sent, 1), "fraction")
-    return figures
-
-
-def run_bench(cfg, only: str | None = None) -> int:
+def run_bench(cfg, only: str | None = None, docs: Path = DOCS, overrides: list[str] | None = None) -> int:
+    from recsys.bench import http
+    from recsys.bench.ann import bench_ann
+    from recsys.bench.floor import bench_floor
+    from recsys.bench.ingestion import bench_ingestion
     from recsys.demo import bring_up
 
-    wanted = set((only or "ingest,http").split(","))
-    base_url = bring_up(cfg)
+    wanted = set((only or ",".join(PARTS)).split(","))
+    if wanted - set(PARTS):
+        raise SystemExit(f"unknown benchmark(s) {sorted(wanted - set(PARTS))}; known: {', '.join(PARTS)}")
+    b = cfg.bench
+    bring_up(cfg, overrides)
     if "ingest" in wanted:
-        figures = bench_ingestion(cfg, int(cfg.bench.ingest_events), int(cfg.bench.freshness_samples))
+        figures = bench_ingestion(cfg, int(b.ingest_events), int(b.freshness_samples))
         for name, (value, unit) in figures.items():
             print(f"  {name:<34} {value:10.1f} {unit}")
-        record(figures, COMMAND)
+        record(figures, COMMAND, docs)
+    paths = http.sample(cfg, http.paths_needed(b)) if wanted & {"floor", "http"} else {}
+    if "floor" in wanted:
+        record(bench_floor(cfg, paths, int(b.floor_requests)), COMMAND, docs)
+    if "ann" in wanted:
+        record(bench_ann(cfg, int(b.ann_queries), int(b.ann_k)), COMMAND, docs)
     if "http" in wanted:
-        record(bench_http(cfg, base_url), COMMAND)
-    print("written: docs/benchmarks.md, docs/benchmarks.json")
+        record(http.bench_http(cfg, paths), COMMAND, docs)
+    print(f"written: {docs / 'benchmarks.md'}, {docs / 'benchmarks.json'}")
     return 0

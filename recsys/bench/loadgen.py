@@ -22,22 +22,24 @@ class LoadResult:
     p50_ms: float
     p95_ms: float
     p99_ms: float
+    degraded: int = 0      # answered, but without some stage or source (listed in the body's `degraded`)
 
     def line(self) -> str:
         return (f"{self.rate:>5.0f} req/s asked, {self.achieved:6.1f} done, p50 {self.p50_ms:6.1f} ms, "
-                f"p95 {self.p95_ms:6.1f} ms, p99 {self.p99_ms:6.1f} ms, errors {self.errors}/{self.sent}")
+                f"p95 {self.p95_ms:6.1f} ms, p99 {self.p99_ms:6.1f} ms, errors {self.errors}/{self.sent}, "
+                f"degraded {self.degraded}")
 
 
 async def _run(base_url: str, paths: list[str], rate: float, duration_s: float, concurrency: int) -> LoadResult:
     n = max(1, int(rate * duration_s))
     latencies: list[float] = []
-    errors = 0
+    errors = degraded = 0
     gate = asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=base_url, timeout=10.0, limits=limits) as client:
 
         async def one(path: str, due: float) -> None:
-            nonlocal errors
+            nonlocal errors, degraded
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
             async with gate:
                 start = time.perf_counter()
@@ -45,6 +47,8 @@ async def _run(base_url: str, paths: list[str], rate: float, duration_s: float, 
                     response = await client.get(path)
                     if response.status_code >= 400:
                         errors += 1
+                    elif b'"degraded":[' in response.content and b'"degraded":[]' not in response.content:
+                        degraded += 1
                 except httpx.HTTPError:
                     errors += 1
                 # measured from the scheduled start: waiting for a free connection is latency too
@@ -54,7 +58,7 @@ async def _run(base_url: str, paths: list[str], rate: float, duration_s: float, 
         await asyncio.gather(*(one(paths[i % len(paths)], begin + i / rate) for i in range(n)))
         elapsed = time.perf_counter() - begin
     arr = np.array(latencies)
-    return LoadResult(rate, n / elapsed, n, errors, *(float(np.percentile(arr, q)) for q in (50, 95, 99)))
+    return LoadResult(rate, n / elapsed, n, errors, *(float(np.percentile(arr, q)) for q in (50, 95, 99)), degraded)
 
 
 def run_load(base_url: str, paths: list[str], rate: float, duration_s: float, concurrency: int = 32) -> LoadResult:

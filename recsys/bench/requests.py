@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from urllib.parse import parse_qs, urlsplit
+
 import numpy as np
 import psycopg
+
+from recsys.serve.request import RecRequest
 
 UNKNOWN_USER_SHARE = 0.1
 
@@ -27,3 +31,12 @@ def sample_paths(conn: psycopg.Connection, surface: str, n: int, seed: int = 0) 
             path += "&cart=" + ",".join(devices[j] for j in cart)
         paths.append(path)
     return paths
+
+
+def request_of(path: str) -> RecRequest:
+    """The RecRequest a sampled path asks for, as the HTTP API would parse it (for in-process runs)."""
+    url = urlsplit(path)
+    q = {k: v[0] for k, v in parse_qs(url.query).items()}
+    skus, cart = ([s for s in q.get(key, "").split(",") if s] for key in ("sku", "cart"))
+    return RecRequest(surface=url.path.rsplit("/", 1)[-1], user_id=q.get("user_id"), session_id=q.get("session_id"),
+                      skus=skus, cart=cart, device=q.get("device"), geo=q.get("geo"), k=int(q.get("k", 12)))

@@ -4,7 +4,8 @@ Decayed sums use forward decay in log space: a counter is kept as s = ln(v(t)) +
 weight w at time t is a log-sum-exp and the value now is exp(s - now/tau). Scores of different items
 stay comparable without rewriting them (trending is a plain ZSET), events may arrive out of order,
 and nothing overflows. Every write happens in one Lua script per event, guarded by a SET NX on the
-event_id, so replaying events changes nothing.
+event_id, so replaying events changes nothing. Each applied event also bumps the user's `version`, so
+anything derived from the user's state (the response cache) can tell that it is stale.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ local function logadd(old, w, tau)
   return m + math.log(math.exp(old - m) + math.exp(x - m))
 end
 local ttl = tonumber(ARGV[9])
+redis.call('HINCRBY', KEYS[2], 'version', 1)
 local last = tonumber(redis.call('HGET', KEYS[2], 'last_seen') or '0')
 if t >= last then
   redis.call('HSET', KEYS[2], 'last_seen', ARGV[3])
@@ -73,6 +75,7 @@ class UserState:
     cart: set[str] = field(default_factory=set)
     purchased: dict[str, float] = field(default_factory=dict)       # sku -> epoch s
     category_affinity: dict[str, float] = field(default_factory=dict)
+    version: int = 0                                                # events applied so far
 
     @property
     def known(self) -> bool:
@@ -160,6 +163,7 @@ class OnlineStore:
             cart={s.decode() for s in cart},
             purchased={s.decode(): ts for s, ts in bought},
             category_affinity={c.decode(): math.exp(s - now / self.aff_tau) for c, s in aff},
+            version=int(info.get("version", 0)),
         )
 
     def trending(self, n: int, window_index: int = 1, now: float | None = None) -> list[tuple[str, float]]:

@@ -76,8 +76,12 @@ def run(cfg) -> dict:
     feature_table().to_csv(out / "features.csv", index=False)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     config = OmegaConf.to_container(r, resolve=True)
+    # The gate: a ranker goes live only when it beats the retrieval order it re-ranks.
+    metrics["promoted"] = bool(r.promote) and metrics[f"lightgbm_ndcg@{k}"] > metrics[f"retrieval_order_ndcg@{k}"]
     with psycopg.connect(Postgres(cfg).dsn, autocommit=True) as conn:
         registry.register(conn, version, "ranker", str(out.resolve()), config, metrics)
+        if metrics["promoted"]:
+            registry.set_stage(conn, version, "live")
     for name in ("retrieval_order", "lightgbm", "mlp"):
         print(f"NDCG@{k} {name:16s} {metrics[f'{name}_ndcg@{k}']:.4f}", flush=True)
     print(f"[{time.monotonic() - started:6.1f}s] {version} registered, artefacts in {out}", flush=True)

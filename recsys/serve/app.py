@@ -1,43 +1,117 @@
-"""Binds the Ray Serve application: the FastAPI ingress over the recommendation pipeline.
+"""Binds the Ray Serve application for either topology (`serve.topology`).
 
-Topology `fused` runs every stage in one replica (the right shape for a small machine: each extra
-deployment hop costs several ms here, see shared/STACK-NOTES.md).
+- `fused`: one deployment, the FastAPI ingress running every stage in-process. The right shape for a
+  small machine: each extra deployment hop costs several ms here (shared/STACK-NOTES.md).
+- `split`: the ingress (HTTP, response cache, composition) plus one deployment per stage, each with
+  its own autoscaling_config, called through DeploymentHandles within the stage's time budget. The
+  shape for a cluster, where stages scale apart (a GPU ranker, many retrieval replicas).
+
+The composition is the same Recommender in both: only the stage callers differ.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 from ray import serve
 
+from recsys.config import CONF_DIR
 from recsys.serve.api import api, set_recommender
+from recsys.serve.recommender import OverBudget
 from recsys.services.ray_head import RAY_ENV
 
+# The split ingress waits for stage calls from its request threads (`.result()`), which Serve
+# allows only when the handles' router runs on a loop of its own.
+SPLIT_INGRESS_ENV = {**RAY_ENV, "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1"}
+
+
+def _quiet() -> None:
+    import logging
+
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
 
 
 @serve.deployment(name="recsys_api")
 @serve.ingress(api)
 class RecsysApi:
-    """One replica: features, candidate sources, blending and slot filling in-process."""
+    """The HTTP ingress. Fused: every stage in this replica. Split: stage handles passed in."""
 
-    def __init__(self, cfg_dict: dict):
-        import logging
-
+    def __init__(self, cfg_dict: dict, stage_handles: dict | None = None):
         from recsys.serve.recommender import Recommender
 
-        logging.getLogger("ray.serve").setLevel(logging.WARNING)
-        set_recommender(Recommender(OmegaConf.create(cfg_dict)))
+        _quiet()
+        stages = {name: RemoteStage(h) for name, h in stage_handles.items()} if stage_handles else None
+        set_recommender(Recommender(OmegaConf.create(cfg_dict), stages=stages))
+
+
+@serve.deployment
+class StageReplica:
+    """One pipeline stage in replicas of its own (topology split)."""
+
+    def __init__(self, name: str, cfg_dict: dict):
+        from recsys.serve.resources import Resources
+        from recsys.serve.stages import build_stage
+
+        _quiet()
+        cfg = OmegaConf.create(cfg_dict)
+        self.stage = build_stage(name, cfg, Resources(cfg))
+
+    def __call__(self, method: str, *args):
+        return getattr(self.stage, method)(*args)
+
+
+class RemoteStage:
+    """Calls a stage's deployment within the stage's budget; an overrun is cancelled."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def call(self, method: str, budget_s: float, *args):
+        response = self.handle.remote(method, *args)
+        try:
+            return response.result(timeout_s=budget_s)
+        except TimeoutError:
+            response.cancel()
+            raise OverBudget from None
 
 
 def build_app(cfg):
     s = cfg.serve
-    deployment = RecsysApi.options(
-        ray_actor_options={"num_cpus": float(s.replica_cpus), "runtime_env": {"env_vars": RAY_ENV}},
+    cfg_dict = OmegaConf.to_container(cfg, resolve=True)
+    if s.topology == "fused":
+        stage_handles, ingress_env = None, RAY_ENV
+    elif s.topology == "split":
+        stage_handles = {
+            name: StageReplica.options(
+                name=f"stage_{name}",
+                ray_actor_options={"num_cpus": float(d.num_cpus), "runtime_env": {"env_vars": RAY_ENV}},
+                autoscaling_config=OmegaConf.to_container(d.autoscaling),
+                max_ongoing_requests=int(d.max_ongoing_requests),
+            ).bind(name, cfg_dict)
+            for name, d in s.stages.items()}
+        ingress_env = SPLIT_INGRESS_ENV
+    else:
+        raise ValueError(f"serve.topology must be fused or split, not {s.topology!r}")
+    ingress = RecsysApi.options(
+        ray_actor_options={"num_cpus": float(s.replica_cpus), "runtime_env": {"env_vars": ingress_env}},
         autoscaling_config=OmegaConf.to_container(s.autoscaling),
         max_ongoing_requests=int(s.max_ongoing_requests),
     )
-    return deployment.bind(OmegaConf.to_container(cfg, resolve=True))
+    return ingress.bind(cfg_dict, stage_handles)
+
+
+def with_topology(cfg, topology: str):
+    """`cfg` served in another topology, keeping its other settings: split.yaml is a delta over fused.yaml."""
+    if topology == cfg.serve.topology:
+        return cfg
+    delta = OmegaConf.load(CONF_DIR / "serve" / "split.yaml") if topology == "split" else {"topology": topology}
+    delta.pop("defaults", None)
+    out = copy.deepcopy(cfg)
+    with open_dict(out):
+        out.serve = OmegaConf.merge(out.serve, delta)
+    return out
 
 
 def connect(cfg) -> None:
@@ -68,7 +142,7 @@ def shutdown(cfg) -> None:
 
 def app_builder(args: dict):
     """Application builder for `serve run` / `serve deploy` / KubeRay RayService:
-    `import_path: recsys.serve.app:app_builder`, `args: {overrides: ["serve.port=8000", ...]}`."""
+    `import_path: recsys.serve.app:app_builder`, `args: {overrides: ["serve=split", ...]}`."""
     from recsys.config import load_config
 
     return build_app(load_config(list(args.get("overrides", []))))

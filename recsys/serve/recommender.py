@@ -1,67 +1,107 @@
-"""The recommendation pipeline for one request: features -> candidate sources -> blend -> filter -> slots.
+"""The recommendation pipeline for one request: response cache -> features -> retrieval -> ranker ->
+slots -> impression.
 
-A plain class, testable without Ray; the Serve deployment wraps it. Every dependency call is
-guarded: a failure is listed in `degraded` and the slots are filled from what still works.
+The stages are plain classes (recsys/serve/stages/). In topology `fused` the recommender calls them
+in this process; in `split` the same composition calls each stage's own deployment (recsys/serve/app.py
+passes those callers in). Every stage call has a time budget and is guarded: a failure or an overrun
+is listed in `degraded` and the response is built from what still works (the blend ranker, the top k
+without diversity, the bestsellers). A dependency failure never becomes an error response.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 
 from omegaconf import OmegaConf
 
 from recsys.features.online_store import UserState
-from recsys.serve.request import Candidate, RecRequest
+from recsys.serve.cache import ResponseCache
+from recsys.serve.request import RecRequest
 from recsys.serve.resources import Resources
-from recsys.serve.sources import SOURCES
+from recsys.serve.stages import STAGES, build_stage
+from recsys.serve.stages.ranker import RankBlend
+from recsys.serve.stages.slots import Slots
 
 log = logging.getLogger(__name__)
+
+METHODS = {"features": "user_state", "retrieval": "candidates", "ranker": "score", "slots": "select"}
 
 
 class UnknownSurface(KeyError):
     pass
 
 
+class OverBudget(Exception):
+    """A stage did not answer within its time budget."""
+
+
+class LocalStage:
+    """Calls a stage object in this process, on a thread, so that its budget holds (topology fused)."""
+
+    def __init__(self, stage, threads: ThreadPoolExecutor):
+        self.stage = stage
+        self.threads = threads
+
+    def call(self, method: str, budget_s: float, *args):
+        future = self.threads.submit(getattr(self.stage, method), *args)
+        try:
+            return future.result(timeout=budget_s)
+        except TimeoutError:
+            if future.done():
+                raise
+            future.cancel()
+            raise OverBudget from None
+
+
 class Recommender:
-    def __init__(self, cfg, resources: Resources | None = None):
+    def __init__(self, cfg, resources: Resources | None = None, stages: dict | None = None):
         self.cfg = cfg
         self.res = resources or Resources(cfg)
-        self.sources = {name: cls(self.res) for name, cls in SOURCES.items()}
         self.surfaces = OmegaConf.to_container(cfg.surfaces, resolve=True)  # plain dicts: hot path
+        self.budgets_s = {name: float(cfg.serve.budgets_ms[name]) / 1000 for name in STAGES}
+        self.cache = ResponseCache(self.res.store, self.surfaces)
+        if stages is None:
+            threads = ThreadPoolExecutor(int(cfg.serve.max_ongoing_requests), thread_name_prefix="stage")
+            stages = {name: LocalStage(build_stage(name, cfg, self.res), threads) for name in STAGES}
+        self.stages = stages
+        self.fallback_ranker = RankBlend(cfg)
+        self.fallback_slots = Slots(cfg, self.res)
 
     def recommend(self, req: RecRequest) -> dict:
         if req.surface not in self.surfaces:
             raise UnknownSurface(req.surface)
-        surface = self.surfaces[req.surface]
-        k = max(1, min(int(req.k), 50))
-        degraded: list[str] = []
         started = time.perf_counter()
-
-        user = UserState(user_id=req.user_id or "")
-        if req.user_id:
+        degraded: list[str] = []
+        version = None
+        if self.cache.enabled(req):
             try:
-                user = self.res.store.user_state(req.user_id)
+                cached, version = self.cache.get(req)
             except Exception as exc:
-                degraded.append(f"features: {type(exc).__name__}")
-        try:
-            self.res.refresh()
-        except Exception as exc:  # pragma: no cover - refresh already guards itself
-            degraded.append(f"catalog: {type(exc).__name__}")
+                degraded.append(f"cache: {type(exc).__name__}")
+            else:
+                if cached is not None:  # a fresh request id: each response is an impression of its own
+                    response = {"request_id": req.request_id, **cached}
+                    self._log_impression(req, response)
+                    return response
+        self.res.refresh()
 
-        excluded = self._excluded(req, user, surface)
-        per_source: dict[str, list[Candidate]] = {}
-        for name, quota in surface["sources"].items():
+        timings: dict[str, float] = {}
+        user = self._call("features", degraded, timings, req) or UserState(user_id=req.user_id or "")
+        retrieved = self._call("retrieval", degraded, timings, req, user)
+        candidates = retrieved.candidates if retrieved else []
+        degraded += retrieved.degraded if retrieved else []
+        scores = self._call("ranker", degraded, timings, req, user, candidates)
+        if scores is None:
+            scores = self.fallback_ranker.score(req, user, candidates)
+        items = self._call("slots", degraded, timings, req, user, candidates, scores)
+        if items is None:
             try:
-                per_source[name] = self.sources[name].fetch(req, user, int(quota))
+                items = self.fallback_slots.plain(req, user, candidates, scores)
             except Exception as exc:
-                degraded.append(f"{name}: {type(exc).__name__}")
-                log.debug("source %s failed", name, exc_info=True)
-
-        items = self._blend(per_source, surface["sources"], excluded, k, req.explain)
-        if len(items) < k:  # cold start or dead sources: fill from the fallback, then the catalog
-            items += self._fill(items, excluded, k - len(items), surface["fallback"])
+                degraded.append(f"fallback: {type(exc).__name__}")
+                items = []
 
         content = self.res.content[0] if self.res.content else None
         response = {
@@ -72,65 +112,31 @@ class Recommender:
             "items": items,
             "degraded": degraded,
         }
+        if version is not None and not degraded:
+            try:
+                self.cache.put(req, version, response)
+            except Exception as exc:
+                degraded.append(f"cache: {type(exc).__name__}")
         if req.explain:
             response["timing_ms"] = round((time.perf_counter() - started) * 1000, 2)
+            response["stage_ms"] = timings
             response["user_known"] = user.known
         self._log_impression(req, response)
         return response
 
-    def _excluded(self, req: RecRequest, user: UserState, surface) -> set[str]:
-        excluded: set[str] = set()
-        if surface.get("exclude_context_sku"):
-            excluded.update(req.skus)
-        if surface.get("exclude_cart"):
-            excluded.update(req.cart)
-            excluded.update(user.cart)
-        if surface.get("exclude_purchased"):
-            excluded.update(user.purchased)
-        return excluded
-
-    def _in_stock(self, sku: str) -> bool:
-        catalog = self.res.catalog
-        return catalog is None or sku in catalog.in_stock
-
-    def _blend(self, per_source, quotas, excluded, k, explain) -> list[dict]:
-        """Rank-based blend: a source's weight is its quota share; within it, earlier ranks count more."""
-        total = sum(int(q) for q in quotas.values()) or 1
-        score: dict[str, float] = defaultdict(float)
-        parts: dict[str, dict[str, float]] = defaultdict(dict)
-        reasons: dict[str, list[str]] = defaultdict(list)
-        for name, candidates in per_source.items():
-            quota = int(quotas[name])
-            for rank, c in enumerate(candidates[:quota]):
-                if c.sku in excluded or not self._in_stock(c.sku):
-                    continue
-                contribution = (quota / total) * (1.0 - rank / quota)
-                score[c.sku] += contribution
-                parts[c.sku][name] = round(contribution, 4)
-                reasons[c.sku].extend(r for r in c.reasons if r and r not in reasons[c.sku])
-        ranked = sorted(score, key=score.get, reverse=True)[:k]
-        items = []
-        for sku in ranked:
-            item = {"sku": sku, "score": round(score[sku], 4), "source": max(parts[sku], key=parts[sku].get),
-                    "reasons": reasons[sku]}
-            if explain:
-                item["explain"] = {"contributions": parts[sku]}
-            items.append(item)
-        return items
-
-    def _fill(self, items: list[dict], excluded: set[str], n: int, fallback: str) -> list[dict]:
-        taken = {i["sku"] for i in items} | excluded
-        pool = [sku for sku, _ in self.res.bestsellers]
-        if self.res.catalog is not None:
-            pool += list(self.res.catalog.items.index[:500])
-        out = []
-        for sku in pool:
-            if len(out) == n:
-                break
-            if sku not in taken and self._in_stock(sku):
-                taken.add(sku)
-                out.append({"sku": sku, "score": 0.0, "source": fallback, "reasons": ["fallback"]})
-        return out
+    def _call(self, name: str, degraded: list[str], timings: dict[str, float], *args):
+        """One stage within its budget; None (and a line in `degraded`) when it fails or overruns."""
+        start = time.perf_counter()
+        try:
+            return self.stages[name].call(METHODS[name], self.budgets_s[name], *args)
+        except OverBudget:
+            degraded.append(f"{name}: over its {self.budgets_s[name] * 1000:.0f} ms budget")
+        except Exception as exc:
+            degraded.append(f"{name}: {type(exc).__name__}")
+            log.debug("stage %s failed", name, exc_info=True)
+        finally:
+            timings[name] = round((time.perf_counter() - start) * 1000, 2)
+        return None
 
     def _log_impression(self, req: RecRequest, response: dict) -> None:
         try:

@@ -1,4 +1,4 @@
-"""What a storefront asks for, parsed once and passed through every stage."""
+"""What a storefront asks for, parsed once and passed through every stage, and what stages hand on."""
 
 from __future__ import annotations
 
@@ -26,7 +26,28 @@ class RecRequest:
 
 @dataclass
 class Candidate:
+    """One SKU as one source proposes it."""
+
     sku: str
     score: float
     source: str
     reasons: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Pooled:
+    """One SKU in the candidate pool, with every source that proposed it: what a ranker scores."""
+
+    sku: str
+    source: str                                            # the source that ranked it highest within its quota
+    ranks: dict[str, int] = field(default_factory=dict)    # source -> position in its list (0 = best)
+    scores: dict[str, float] = field(default_factory=dict)  # source -> the source's own score
+    reasons: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Score:
+    """A ranker's verdict on one candidate, with what made it (feature or source -> contribution)."""
+
+    value: float
+    contributions: dict[str, float] = field(default_factory=dict)

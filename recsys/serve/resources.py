@@ -40,6 +40,7 @@ class Resources:
         self.bestsellers: list[tuple[str, float]] = []
         self._next_refresh = 0.0
         self.producer = None
+        self._live_models = None
         self.refresh()
 
     def refresh(self, max_age_s: float = 300.0, retry_s: float = 10.0) -> None:
@@ -65,6 +66,14 @@ class Resources:
                 self.bestsellers = self.store.bestsellers(int(self.cfg.serve.bestseller_pool))
             except Exception as exc:
                 log.warning("no bestsellers available: %s", exc)
+
+    def live_models(self):
+        """The live two-tower and ALS (loaded once per replica, on first use)."""
+        if self._live_models is None:
+            from recsys.serve.model_sources import LiveModels
+
+            self._live_models = LiveModels(self)
+        return self._live_models
 
     def event_producer(self):
         if self.producer is None:

@@ -115,4 +115,11 @@ class Accessories:
         return sorted(best.values(), key=lambda c: c.score, reverse=True)[:n]
 
 
-SOURCES = {cls.name: cls for cls in (Bestsellers, Trending, ContentSession, ContentItem, Accessories)}
+def _model_sources():
+    from recsys.serve.model_sources import ALSSource, TwoTowerANN
+
+    return (TwoTowerANN, ALSSource)
+
+
+SOURCES = {cls.name: cls for cls in (Bestsellers, Trending, ContentSession, ContentItem, Accessories,
+                                     *_model_sources())}

@@ -61,6 +61,9 @@ def run(cfg) -> dict:
         catalog = dataset.read_catalog(conn)
         events = dataset.read_events(conn)
     data = dataset.sequences(events, catalog.index, float(p.holdout_days))
+    if len(data.targets) == 0:
+        raise SystemExit(f"no user has both history and an interaction in the last {p.holdout_days} days of the "
+                         "log: nothing to evaluate on (load more data or change pipeline.holdout_days)")
     feats = catalog.item_features()
     rng = np.random.default_rng(int(cfg.seed))
     long_enough = np.array([i for i, s in enumerate(data.train) if len(s) >= 3])

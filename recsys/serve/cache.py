@@ -1,0 +1,54 @@
+"""The response cache: a surface's rail per user (or session) and request context, in Redis for the
+surface's `cache_ttl_s`.
+
+Freshness: every event applied to a user bumps the `version` in the user's hash (the online store's
+Lua script). An entry keeps the version it was computed at, and the lookup reads the current version
+in the same round trip, so a new event makes the user's cached rails stale at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from recsys.features.online_store import OnlineStore
+from recsys.serve.request import RecRequest
+
+
+class ResponseCache:
+    def __init__(self, store: OnlineStore, surfaces: dict):
+        self.store = store
+        self.ttl_ms = {name: int(float(s["cache_ttl_s"]) * 1000) for name, s in surfaces.items()}
+
+    def enabled(self, req: RecRequest) -> bool:
+        return self.ttl_ms.get(req.surface, 0) > 0 and not req.explain
+
+    def key(self, req: RecRequest) -> str:
+        who = f"u:{req.user_id}" if req.user_id else f"s:{req.session_id}" if req.session_id else "anon"
+        context = json.dumps([req.skus, req.cart, req.k, req.device, req.geo])
+        return f"{self.store.p}rc:{req.surface}:{who}:{hashlib.sha1(context.encode()).hexdigest()[:16]}"
+
+    def get(self, req: RecRequest) -> tuple[dict | None, int]:
+        """(the cached response or None, the user's version now: what a new entry must be stored with)."""
+        pipe = self.store.r.pipeline(transaction=False)
+        if req.user_id:
+            pipe.hget(self.store.user_key(req.user_id), "version")
+        pipe.get(self.key(req))
+        *version, raw = pipe.execute()
+        now = int(version[0] or 0) if version else 0
+        if raw is None:
+            return None, now
+        entry = json.loads(raw)
+        return (entry["response"] if entry["version"] == now else None), now
+
+    def put(self, req: RecRequest, version: int, response: dict) -> None:
+        body = {k: v for k, v in response.items() if k != "request_id"}
+        self.store.r.set(self.key(req), json.dumps({"version": version, "response": body}),
+                         px=self.ttl_ms[req.surface])
+
+    def clear(self) -> int:
+        """Drop every cached rail (e.g. after a new model or topology goes live)."""
+        removed = 0
+        for key in self.store.r.scan_iter(match=f"{self.store.p}rc:*", count=1000):
+            removed += self.store.r.unlink(key)
+        return removed

@@ -1,0 +1,88 @@
+"""Stage 2, retrieval: candidates from each source the surface names, up to its quota, pooled.
+
+The sources run in parallel on a small thread pool, each within its time budget: one that fails or
+overruns is left out and named in `degraded`, and the pool is built from the others. (A thread that
+overran finishes in the background; the dependency's own timeout bounds it.)
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from omegaconf import OmegaConf
+
+from recsys.features.online_store import UserState
+from recsys.serve.request import Candidate, Pooled, RecRequest
+from recsys.serve.resources import Resources
+from recsys.serve.sources import SOURCES
+
+
+@dataclass
+class Retrieved:
+    candidates: list[Pooled]
+    degraded: list[str] = field(default_factory=list)
+
+
+def excluded_skus(req: RecRequest, user: UserState, surface: dict) -> set[str]:
+    """What a surface must never show: the page's SKU, the cart, what the user bought (per its config)."""
+    excluded: set[str] = set()
+    if surface.get("exclude_context_sku"):
+        excluded.update(req.skus)
+    if surface.get("exclude_cart"):
+        excluded.update(req.cart)
+        excluded.update(user.cart)
+    if surface.get("exclude_purchased"):
+        excluded.update(user.purchased)
+    return excluded
+
+
+class Retrieval:
+    def __init__(self, cfg, res: Resources):
+        self.res = res
+        self.sources = {name: cls(res) for name, cls in SOURCES.items()}
+        self.surfaces = OmegaConf.to_container(cfg.surfaces, resolve=True)
+        self.budgets_s = {name: ms / 1000 for name, ms in cfg.serve.budgets_ms.sources.items()}
+        self.threads = ThreadPoolExecutor(int(cfg.serve.source_threads), thread_name_prefix="source")
+
+    def candidates(self, req: RecRequest, user: UserState) -> Retrieved:
+        self.res.refresh()
+        surface = self.surfaces[req.surface]
+        quotas = {name: int(q) for name, q in surface["sources"].items()}
+        started = time.perf_counter()
+        futures = {name: self.threads.submit(self.sources[name].fetch, req, user, quota)
+                   for name, quota in quotas.items()}
+        per_source: dict[str, list[Candidate]] = {}
+        degraded: list[str] = []
+        for name, future in futures.items():
+            budget = self.budgets_s.get(name, self.budgets_s["default"])
+            try:
+                per_source[name] = future.result(timeout=max(0.0, started + budget - time.perf_counter()))
+            except Exception as exc:
+                if future.done():
+                    degraded.append(f"{name}: {type(exc).__name__}")
+                else:
+                    future.cancel()
+                    degraded.append(f"{name}: over its {budget * 1000:.0f} ms budget")
+        return Retrieved(self._pool(per_source, quotas, excluded_skus(req, user, surface)), degraded)
+
+    def _pool(self, per_source: dict[str, list[Candidate]], quotas: dict[str, int], excluded: set[str]) -> list[Pooled]:
+        """One entry per SKU, in source order; excluded and out-of-stock SKUs never enter."""
+        catalog = self.res.catalog
+        pooled: dict[str, Pooled] = {}
+        best_left: dict[str, int] = {}  # how far inside its quota the SKU's best rank is
+        for name, candidates in per_source.items():
+            quota = quotas[name]
+            for rank, c in enumerate(candidates[:quota]):
+                if c.sku in excluded or (catalog is not None and c.sku not in catalog.in_stock):
+                    continue
+                p = pooled.get(c.sku)
+                if p is None:
+                    p = pooled[c.sku] = Pooled(c.sku, name)
+                    best_left[c.sku] = -1
+                p.ranks[name], p.scores[name] = rank, c.score
+                p.reasons.extend(r for r in c.reasons if r and r not in p.reasons)
+                if quota - rank > best_left[c.sku]:
+                    p.source, best_left[c.sku] = name, quota - rank
+        return list(pooled.values())

@@ -1,0 +1,158 @@
+"""The serving stages and their composition in-process, without Ray: diversity, time budgets,
+degradation, the response cache and explanations, on the small world."""
+
+import time
+import uuid
+
+import numpy as np
+import psycopg
+import pytest
+
+from recsys.features.events import Event
+from recsys.serve.recommender import Recommender
+from recsys.serve.request import RecRequest
+from recsys.serve.stages.ranker import RankBlend
+from recsys.serve.stages.slots import Slots, mmr
+from tests.conftest import make_cfg
+
+NO_CACHE = [f"surfaces.{s}.cache_ttl_s=0" for s in ("homepage_hero", "pdp_fbt", "cart_upsell")]
+# Budgets far past any stall of a busy test machine: these tests are about content, not time.
+PATIENT = [f"serve.budgets_ms.{stage}=5000" for stage in ("features", "retrieval", "ranker", "slots")] + [
+    "serve.budgets_ms.sources.default=5000"]
+
+
+@pytest.fixture(scope="module")
+def shopper(world):
+    from recsys.services import Postgres
+
+    with psycopg.connect(Postgres(world).dsn) as conn:
+        user = conn.execute("SELECT user_id FROM events WHERE type = 'product_viewed' "
+                            "GROUP BY user_id ORDER BY count(*) DESC LIMIT 1").fetchone()[0]
+        device = conn.execute("SELECT src_sku FROM item_edges GROUP BY src_sku HAVING count(*) >= 15 "
+                              "ORDER BY src_sku LIMIT 1").fetchone()[0]
+    return {"user": user, "device": device}
+
+
+@pytest.fixture(scope="module")
+def recommender(world):
+    return Recommender(make_cfg(*PATIENT))
+
+
+class Sleepy:
+    """Wraps a source or a stage: sleeps past any budget, then answers as the real one would."""
+
+    def __init__(self, inner, seconds: float):
+        self.inner, self.seconds = inner, seconds
+
+    def __getattr__(self, method):
+        def slow(*args):
+            time.sleep(self.seconds)
+            return getattr(self.inner, method)(*args)
+        return slow
+
+
+def test_mmr_keeps_the_ranker_order_at_lambda_one_and_spreads_below_it():
+    relevance = np.linspace(1.0, 0.0, 6)
+    codes = np.array([[0, 0], [0, 0], [0, 1], [1, 1], [2, 2], [3, 0]])   # (category, price band)
+    weights = np.array([0.7, 0.3])
+    assert [i for i, _ in mmr(relevance, codes, weights, 1.0, 4)] == [0, 1, 2, 3]
+    picks = mmr(relevance, codes, weights, 0.3, 4)
+    assert [i for i, _ in picks] == [0, 3, 4, 5]
+    assert picks[0][1] == 0.0 and picks[3][1] == pytest.approx(0.7 * 0.3)  # shares the price band of slot 1
+
+
+def test_diversity_spreads_twelve_slots_over_more_categories_and_price_bands(world, recommender, shopper):
+    # A product page: the device's accessories, a few kinds of them in the ranker's top 12.
+    req = RecRequest("pdp_fbt", user_id=shopper["user"], skus=[shopper["device"]])
+    user = recommender.stages["features"].stage.user_state(req)
+    candidates = recommender.stages["retrieval"].stage.candidates(req, user).candidates
+    scores = RankBlend(world).score(req, user, candidates)
+    items = recommender.res.catalog.items
+
+    def spread(lam: float) -> tuple[int, int]:
+        slots = Slots(make_cfg(f"surfaces.pdp_fbt.diversity.lambda={lam}"), recommender.res)
+        skus = [i["sku"] for i in slots.select(req, user, candidates, scores)]
+        assert len(skus) == 12
+        return items.loc[skus, "category"].nunique(), items.loc[skus, "price_band"].nunique()
+
+    by_relevance, diverse = spread(1.0), spread(0.3)
+    assert diverse[0] >= by_relevance[0] and diverse[1] >= by_relevance[1], (by_relevance, diverse)
+    assert sum(diverse) > sum(by_relevance), (by_relevance, diverse)
+
+
+def test_a_source_past_its_budget_is_left_out_and_the_rail_still_fills(shopper):
+    recommender = Recommender(make_cfg(*PATIENT, "+serve.budgets_ms.sources.trending=50", *NO_CACHE))
+    sources = recommender.stages["retrieval"].stage.sources
+    sources["trending"] = Sleepy(sources["trending"], 0.5)
+    start = time.perf_counter()
+    body = recommender.recommend(RecRequest("homepage_hero", user_id=shopper["user"]))
+    assert time.perf_counter() - start < 0.4                 # did not wait for the slow source
+    assert body["degraded"] == ["trending: over its 50 ms budget"]
+    assert len(body["items"]) == 12 and "trending" not in {i["source"] for i in body["items"]}
+
+
+def test_a_failing_source_and_a_slow_stage_degrade_to_fallbacks(recommender, shopper):
+    healthy = recommender.recommend(RecRequest("pdp_fbt", user_id=shopper["user"], skus=[shopper["device"]],
+                                               explain=True))    # explain: computed, not cached
+    assert healthy["degraded"] == []
+    expected = [i["sku"] for i in healthy["items"]]
+    recommender = Recommender(make_cfg(*PATIENT, "serve.budgets_ms.ranker=50"), resources=recommender.res)
+
+    class Broken:
+        def fetch(self, *args):
+            raise ConnectionError("pgvector is gone")
+
+    recommender.stages["retrieval"].stage.sources["content_item"] = Broken()
+    recommender.stages["ranker"].stage = Sleepy(recommender.stages["ranker"].stage, 0.5)
+    req = RecRequest("pdp_fbt", user_id=shopper["user"], skus=[shopper["device"]])
+    body = recommender.recommend(req)
+    assert body["degraded"] == ["content_item: ConnectionError", "ranker: over its 50 ms budget"]
+    skus = [i["sku"] for i in body["items"]]
+    assert len(skus) == 12 and len(set(skus) & set(expected)) >= 6   # the blend ranker stood in
+    assert recommender.cache.get(req)[0] is None                     # degraded responses are never cached
+
+
+def test_second_request_is_a_cache_hit_until_the_user_acts(recommender, shopper, monkeypatch):
+    logged = []
+    monkeypatch.setattr(recommender.res.event_producer(), "send_impression", lambda i: logged.append(i["request_id"]))
+    store = recommender.res.store
+    user = f"cache-{uuid.uuid4().hex[:8]}"
+    store.apply([Event(type="product_viewed", user_id=user, sku=shopper["device"])], {})
+
+    def timed():
+        start = time.perf_counter()
+        return recommender.recommend(RecRequest("homepage_hero", user_id=user)), time.perf_counter() - start
+
+    first, miss_s = timed()
+    second, hit_s = timed()
+    assert second["items"] == first["items"] and second["degraded"] == []
+    assert second["request_id"] != first["request_id"] and logged == [first["request_id"], second["request_id"]]
+    assert hit_s < miss_s
+    assert recommender.cache.get(RecRequest("homepage_hero", user_id=user))[0] is not None
+
+    store.apply([Event(type="add_to_cart", user_id=user, sku=shopper["device"])], {})
+    assert recommender.cache.get(RecRequest("homepage_hero", user_id=user))[0] is None  # a new event: stale
+    timed()
+    assert recommender.cache.get(RecRequest("homepage_hero", user_id=user))[0] is not None
+    other_context = RecRequest("homepage_hero", user_id=user, k=6)
+    assert recommender.cache.get(other_context)[0] is None
+
+
+def test_cached_rails_expire_after_the_surface_ttl(shopper):
+    recommender = Recommender(make_cfg(*PATIENT, "surfaces.homepage_hero.cache_ttl_s=0.3"))
+    req = RecRequest("homepage_hero", session_id=f"ttl-{uuid.uuid4().hex[:8]}")
+    recommender.recommend(req)
+    assert recommender.cache.get(req)[0] is not None
+    time.sleep(0.4)
+    assert recommender.cache.get(req)[0] is None
+
+
+def test_explain_says_where_each_slot_came_from_and_what_diversity_did(recommender, shopper):
+    body = recommender.recommend(RecRequest("pdp_fbt", user_id=shopper["user"], skus=[shopper["device"]], explain=True))
+    assert set(body["stage_ms"]) == {"features", "retrieval", "ranker", "slots"}
+    for slot, item in enumerate(body["items"], 1):
+        e = item["explain"]
+        assert e["slot"] == slot and item["source"]
+        if e["rank"] is not None:   # filled slots have no rank
+            assert item["source"] in e["contributions"] and e["mmr_penalty"] >= 0
+    assert body["items"][0]["explain"]["rank"] == 1 and body["items"][0]["explain"]["mmr_penalty"] == 0
