@@ -150,3 +150,31 @@ def test_incremental_cf_folds_in_new_users_and_skus(head):
     assert "inc-user" in users and item_ids[-1] == "NEW-2"
     assert np.abs(data["user_factors"][users.index("inc-user")]).sum() > 0
     assert np.abs(data["item_factors"][-1]).sum() > 0
+
+
+def test_serving_retrieves_with_the_live_two_tower_and_als(head):
+    """After the job: known users get ANN candidates from their vector, new visitors from a cohort
+    centroid; a user's new views recompute the vector with the ONNX user tower; ALS folds users in."""
+    from recsys.features.online_store import UserState
+    from recsys.serve.model_sources import ALSSource, TwoTowerANN
+    from recsys.serve.request import RecRequest
+    from recsys.serve.resources import Resources
+
+    cfg, _ = head
+    res = Resources(cfg)
+    two_tower, als = TwoTowerANN(res), ALSSource(res)
+    with psycopg.connect(Postgres(cfg).dsn) as conn:
+        user = conn.execute("SELECT user_id FROM events WHERE user_id ~ '^u[0-9]+$' ORDER BY ts DESC LIMIT 1").fetchone()[0]
+    state = res.store.user_state(user)
+    found = two_tower.fetch(RecRequest(surface="homepage_hero", user_id=user), state, 50)
+    assert len(found) == 50 and found[0].reasons == ["for you"]
+    cold = two_tower.fetch(RecRequest(surface="homepage_hero", user_id="brand-new", device="mobile"),
+                           UserState(user_id="brand-new"), 20)
+    assert len(cold) == 20 and cold[0].reasons[0].startswith("popular with shoppers like you")
+    views = [(sku, time.time() - 60 * i) for i, sku in enumerate(list(two_tower.models.two_tower.index)[:5])]
+    fresh_user = f"tt-{time.time_ns()}"
+    newcomer = UserState(user_id=fresh_user, views=views, last_seen=time.time())
+    assert two_tower.fetch(RecRequest(surface="homepage_hero", user_id=fresh_user), newcomer, 10)[0].reasons == ["for you"]
+    assert two_tower.store.get_user(fresh_user, two_tower.models.version) is not None   # written back
+    assert len(als.fetch(RecRequest(surface="homepage_hero", user_id=user), state, 30)) == 30
+    assert len(als.fetch(RecRequest(surface="homepage_hero", user_id=fresh_user), newcomer, 30)) == 30
