@@ -82,9 +82,11 @@ def load_postgres(cfg, conn: psycopg.Connection) -> str:
 
 
 def rebuild_online_features(cfg, conn: psycopg.Connection, store: OnlineStore) -> str:
-    """Replay the event log into Redis (idempotent per event_id), then refresh bestsellers."""
+    """Replay the event log into Redis (idempotent per event_id), then refresh bestsellers.
+    The marker names the load (fingerprint and time), so a reloaded Postgres always rebuilds Redis."""
     marker = f"{store.p}dataset"
-    fp = fingerprint(cfg)
+    loaded = conn.execute("SELECT fingerprint, loaded_at FROM datasets ORDER BY loaded_at DESC LIMIT 1").fetchone()
+    fp = f"{loaded[0]}@{loaded[1].isoformat()}" if loaded else fingerprint(cfg)
     if (store.r.get(marker) or b"").decode() == fp:
         return "online features already built"
     start = time.monotonic()

@@ -1,7 +1,7 @@
 """`make bench`: ingestion throughput and freshness; the serving pipeline in-process (the floor); the
 ANN query alone; HTTP latency per surface for each topology. Written to docs/benchmarks.*
 
-`recsys bench --only floor,ann` runs some of them: ingest, floor, ann, http.
+`recsys bench --only floor,ann` runs some of them: models, ingest, floor, ann, http.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 from recsys.bench.report import DOCS, record
 
 COMMAND = "make bench"
-PARTS = ("ingest", "floor", "ann", "http")
+PARTS = ("models", "ingest", "floor", "ann", "http")
 
 
 def run_bench(cfg, only: str | None = None, docs: Path = DOCS, overrides: list[str] | None = None) -> int:
@@ -26,6 +26,10 @@ def run_bench(cfg, only: str | None = None, docs: Path = DOCS, overrides: list[s
         raise SystemExit(f"unknown benchmark(s) {sorted(wanted - set(PARTS))}; known: {', '.join(PARTS)}")
     b = cfg.bench
     bring_up(cfg, overrides)
+    if "models" in wanted:  # the live models' offline metrics, as their training jobs measured them
+        from recsys.bench.models import record_models
+
+        record_models(cfg, docs)
     if "ingest" in wanted:
         figures = bench_ingestion(cfg, int(b.ingest_events), int(b.freshness_samples))
         for name, (value, unit) in figures.items():

@@ -50,5 +50,5 @@ class OnlineFeatures:
     def matrix(self, req: RecRequest, user: UserState, candidates: list[Pooled], now: float | None = None
                ) -> np.ndarray:
         now = time.time() if now is None else now
-        counters = self.store.item_counters([c.sku for c in candidates], now=now)
+        counters = self.store.item_counters([c.sku for c in candidates], now=now, keys=list(COUNTER_KEYS))
         return compute(context(req, user, candidates, counters, now), self.items)

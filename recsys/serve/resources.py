@@ -7,6 +7,7 @@ pipeline degrades around it.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import numpy as np
@@ -41,31 +42,42 @@ class Resources:
         self._next_refresh = 0.0
         self.producer = None
         self._live_models = None
-        self.refresh()
+        self._loading = threading.Lock()
+        self.refresh(wait=True)
 
-    def refresh(self, max_age_s: float = 300.0, retry_s: float = 10.0) -> None:
-        """(Re)load the snapshots from Postgres when stale; keep the old ones if Postgres is down
-        (and try again only after `retry_s`, so a dead database does not slow every request)."""
-        if time.monotonic() < self._next_refresh:
+    def refresh(self, max_age_s: float = 300.0, retry_s: float = 10.0, wait: bool = False) -> None:
+        """Reload the snapshots from Postgres when stale, in a background thread: a request never
+        waits for it (reading 12k vectors takes longer than any request budget). Old snapshots stay
+        while Postgres is down; a failed load is retried after `retry_s`."""
+        if time.monotonic() < self._next_refresh or self._loading.locked():
             return
         self._next_refresh = time.monotonic() + retry_s
-        try:
-            with self.pool.connection(timeout=2) as conn:
-                self.catalog = read_catalog(conn)
-                self.content = vectors.live_version(conn, "content")
-                if self.content:
-                    skus, matrix = vectors.read_vectors(conn, self.content[0])
-                    self.content_vectors = dict(zip(skus, matrix))
-                self.bestsellers = event_log.bestsellers(conn, int(self.cfg.serve.bestseller_days),
-                                                         int(self.cfg.serve.bestseller_pool))
-            self._next_refresh = time.monotonic() + max_age_s
-        except Exception as exc:
-            log.warning("catalog snapshot not refreshed: %s", exc)
-        if not self.bestsellers:
-            try:  # Redis keeps a copy written at data-load time
-                self.bestsellers = self.store.bestsellers(int(self.cfg.serve.bestseller_pool))
+        if wait:
+            self._load(max_age_s)
+        else:
+            threading.Thread(target=self._load, args=(max_age_s,), daemon=True).start()
+
+    def _load(self, max_age_s: float) -> None:
+        from recsys.services import Postgres
+
+        with self._loading:
+            try:  # its own connection: the serving pool's statement timeout is for requests
+                with psycopg.connect(Postgres(self.cfg).dsn, autocommit=True, connect_timeout=2) as conn:
+                    catalog = read_catalog(conn)
+                    content = vectors.live_version(conn, "content")
+                    content_vectors = dict(zip(*vectors.read_vectors(conn, content[0]))) if content else {}
+                    bestsellers = event_log.bestsellers(conn, int(self.cfg.serve.bestseller_days),
+                                                        int(self.cfg.serve.bestseller_pool))
+                self.catalog, self.content, self.content_vectors = catalog, content, content_vectors
+                self.bestsellers = bestsellers
+                self._next_refresh = time.monotonic() + max_age_s
             except Exception as exc:
-                log.warning("no bestsellers available: %s", exc)
+                log.warning("catalog snapshot not refreshed: %s", exc)
+            if not self.bestsellers:
+                try:  # Redis keeps a copy written at data-load time
+                    self.bestsellers = self.store.bestsellers(int(self.cfg.serve.bestseller_pool))
+                except Exception as exc:
+                    log.warning("no bestsellers available: %s", exc)
 
     def live_models(self):
         """The live two-tower and ALS (loaded once per replica, on first use)."""

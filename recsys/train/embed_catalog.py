@@ -18,11 +18,12 @@ log = logging.getLogger(__name__)
 class TextEmbedder:
     """MiniLM (384-d, L2-normalised) over `spec_text`."""
 
-    def __init__(self, model_path: str | None, batch_size: int):
+    def __init__(self, model_path: str | None, batch_size: int, threads: int):
         import torch
 
         from recsys.catalog.embed import load_minilm
 
+        torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS=1 in an actor of <= 1 CPU
         self.model = load_minilm(model_path)
         if torch.cuda.is_available():
             self.model = self.model.to("cuda")
@@ -92,7 +93,8 @@ def _run(frame: pd.DataFrame, embedder, kwargs: dict, e, batch_size: int) -> pd.
 def embed_items(items: pd.DataFrame, e) -> dict[str, pd.DataFrame]:
     """{'text': frame(sku, vector), 'image': frame(sku, vector) when images and weights exist}."""
     out = {"text": _run(items[["sku", "spec_text"]], TextEmbedder,
-                        {"model_path": e.model_path, "batch_size": int(e.batch_size)}, e, int(e.batch_size) * 2)}
+                        {"model_path": e.model_path, "batch_size": int(e.batch_size),
+                         "threads": int(e.threads_per_actor)}, e, int(e.batch_size) * 2)}
     with_images = items[items["image_uri"].notna()] if "image_uri" in items else items.iloc[:0]
     if len(with_images) and e.image_weights:
         out["image"] = _run(with_images[["sku", "image_uri"]], ImageEmbedder,

@@ -118,7 +118,8 @@ def run(cfg) -> dict:
         metrics.update(ann)
         for name, value in ann.items():
             print(f"       {name:<40} {value:.4f}", flush=True)
-        all_metrics = {**metrics, **parity, **{k: v for k, v in train_metrics.items() if isinstance(v, (int, float))}}
+        all_metrics = {**metrics, **parity, **{k: v for k, v in train_metrics.items() if isinstance(v, (int, float))},
+                       "seconds_until_registered": time.monotonic() - step.started}
         registry.register(conn, tt_version, "two_tower", str(out.resolve()), model_cfg, all_metrics)
         registry.register(conn, als_version, "als", str((out / "als.npz").resolve()),
                           OmegaConf.to_container(p.als), {k: v for k, v in metrics.items() if k.startswith("als.")})

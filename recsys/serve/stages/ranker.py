@@ -70,9 +70,10 @@ class LTRRanking:
             return self.blend.score(req, user, candidates)
         X = self.features.matrix(req, user, candidates)
         values = self.model.score(X)
-        parts = self.model.contributions(X)
+        if not req.explain:  # SHAP values cost more than the prediction: only when asked
+            return [Score(float(v)) for v in values]
         scores = []
-        for value, row in zip(values, parts):
+        for value, row in zip(values, self.model.contributions(X)):
             top = np.argsort(-np.abs(row[: len(self.names)]))[: self.top_contributions]
             scores.append(Score(float(value), {self.names[j]: round(float(row[j]), 4) for j in top}))
         return scores

@@ -1,0 +1,29 @@
+"""The live models' offline metrics, from the registry into docs/benchmarks.* (each with the job that
+measured it): the training pipeline's time-holdout evaluation and the ranker's validation NDCG."""
+
+from __future__ import annotations
+
+import psycopg
+
+from recsys import registry
+from recsys.bench.report import DOCS, record
+
+JOBS = {"two_tower": "python -m recsys.train.pipeline", "ranker": "python -m recsys.rank.train"}
+
+
+def record_models(cfg, docs=DOCS) -> dict:
+    from recsys.services import Postgres
+
+    with psycopg.connect(Postgres(cfg).dsn) as conn:
+        for kind, command in JOBS.items():
+            model = registry.live(conn, kind)
+            if model is None:
+                continue
+            figures = {}
+            for name, value in model.metrics.items():
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    continue
+                unit = "s" if "seconds" in name else ("count" if name in ("eval_users", "epoch", "train_lists") else "")
+                figures[f"train.{kind}.{name}"] = (value, unit or "fraction")
+            record(figures, f"{command} (model {model.version}, {cfg.data.source} world)", docs)
+    return {}
