@@ -24,10 +24,10 @@ def bring_up(cfg, overrides: list[str] | None = None) -> str:
     from recsys.serve import app
     from recsys.train.pipeline import run as train
 
-    t = step("services")
+    step("services")
     for health in services.up(cfg):
         print("  " + health.line())
-    t = step("data: catalog and history -> Postgres, online features -> Redis")
+    step("data: catalog and history -> Postgres, online features -> Redis")
     print("  " + load_world(cfg).replace("\n", "\n  "))
     step("training pipeline: Ray Data embeddings, two-tower on Ray Train, ALS, evaluation, index, registry")
     if _trained_on_current_data(cfg, "two_tower"):

@@ -26,20 +26,24 @@ PUBLISHED = {
 
 
 def command_of(args: dict, model: str) -> str:
-    return (f"python -m recsys.train.beauty_benchmark --models {model} --device {args['device']} "
-            f"--epochs {args['epochs']} --patience {args['patience']} --batch-size {args['batch_size']} "
-            f"--lr {args['lr']} --time-budget {args['time_budget']:g} --threads {args['threads']} --seed {args['seed']}")
+    command = (f"python -m recsys.train.beauty_benchmark --models {model} --device {args['device']} "
+               f"--epochs {args['epochs']} --patience {args['patience']} --batch-size {args['batch_size']} "
+               f"--lr {args['lr']} --time-budget {args['time_budget']:g} --threads {args['threads']} --seed {args['seed']}")
+    return command + (" --ann-dsn <the recsys Postgres>" if args.get("ann_dsn") else "")
 
 
-def import_results(paths: list[Path], where: str | None) -> None:
+def import_results(paths: list[Path], where: str | None, suffix: str = "") -> None:
     for path in paths:
         result = json.loads(path.read_text())
-        for model, body in result["models"].items():
+        for run_name, body in result["models"].items():
+            model = run_name + suffix
             figures = {f"beauty.{model}.{m.lower()}": (v, "fraction") for m, v in body["metrics"].items()
                        if m in METRICS or m.startswith(("coverage", "long_tail"))}
+            for m, v in body.get("ann_metrics", {}).items():  # the same model through pgvector HNSW
+                figures[f"beauty.{model}_ann.{m.lower()}"] = (v, "fraction")
             if "epochs_run" in body:
                 figures[f"beauty.{model}.epochs"] = (body["epochs_run"], "epochs")
-            record(figures, command_of(result["args"], model), where=where)
+            record(figures, command_of(result["args"], run_name), where=where)
     write_table(DOCS)
 
 
@@ -65,8 +69,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("results", nargs="+", type=Path)
     parser.add_argument("--where", default=None, help="the machine, when the results came from another one")
+    parser.add_argument("--suffix", default="", help="appended to the model names (e.g. _cpu beside GPU rows)")
     args = parser.parse_args()
-    import_results(args.results, args.where)
+    import_results(args.results, args.where, args.suffix)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,10 @@ def record_models(cfg, docs=DOCS) -> dict:
             for name, value in model.metrics.items():
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     continue
-                unit = "s" if "seconds" in name else ("count" if name in ("eval_users", "epoch", "train_lists") else "")
-                figures[f"train.{kind}.{name}"] = (value, unit or "fraction")
+                counts = ("users", "epoch", "lists", "iteration")
+                unit = "s" if "seconds" in name else "count" if any(c in name for c in counts) else "fraction"
+                if "max_abs_diff" in name:
+                    unit = "abs"
+                figures[f"train.{kind}.{name}"] = (value, unit)
             record(figures, f"{command} (model {model.version}, {cfg.data.source} world)", docs)
     return {}

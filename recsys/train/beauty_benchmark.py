@@ -169,8 +169,49 @@ def run_two_tower(split: LeaveOneOut, n_items: int, name: str, data: dict, args,
     with torch.no_grad():
         metrics = evaluate_two_tower(model, EvalSet.test(split), DEFAULT_KS, coverage_k=10, long_tail=long_tail_mask(counts))
     best = max((h.get("valid_NDCG@10", -1) for h in history), default=-1)
-    return {"metrics": metrics, "valid_NDCG@10": best, "epochs_run": len(history), "fit_seconds": fit_s,
-            "history": history, "config": asdict(cfg)}
+    out = {"metrics": metrics, "valid_NDCG@10": best, "epochs_run": len(history), "fit_seconds": fit_s,
+           "history": history, "config": asdict(cfg)}
+    if args.ann_dsn:
+        out["ann_metrics"] = ann_metrics(model, EvalSet.test(split), args.ann_dsn, name)
+    return out
+
+
+def ann_metrics(model, test, dsn: str, name: str, ks=DEFAULT_KS, ef_search: int = 200) -> dict:
+    """The same model retrieved as serving does it: its item vectors in a pgvector HNSW set, each
+    test user's vector a nearest-neighbour query, history excluded; plus the index's recall of the
+    exact top-k."""
+    import psycopg
+    import torch
+
+    from recsys.catalog import vectors
+    from recsys.train.metrics import hr_ndcg_from_topk
+    from recsys.train.two_tower import inference_arrays
+
+    k = max(ks)
+    items = model.item_vectors().detach().cpu().numpy()
+    arrays = inference_arrays(test.inputs, model.cfg, test.input_ts, test.target_ts)
+    version = f"beauty-{name}"
+    lists, overlap = [], []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        vectors.write_vectors(conn, version, "beauty-eval", [str(i) for i in range(len(items))], items)
+        try:
+            for start in range(0, len(test.targets), 2048):
+                rows = np.arange(start, min(len(test.targets), start + 2048))
+                with torch.no_grad():
+                    users = model.user_vectors(arrays, rows).cpu().numpy()
+                for u, q in zip(rows, users):
+                    seen = set(test.seen[u].tolist()) - {int(test.targets[u])}
+                    found = vectors.search(conn, version, items.shape[1], q, k + len(seen), ef_search)
+                    ann = [int(s) for s, _ in found if int(s) not in seen][:k]
+                    exact = [i for i in np.argsort(-(items @ q))[: k + len(seen)] if i not in seen][:k]
+                    overlap.append(len(set(ann) & set(exact)) / k)
+                    lists.append(ann + [-1] * (k - len(ann)))
+        finally:
+            vectors.retire(conn, version)
+            conn.execute("DELETE FROM vector_sets WHERE model_version = %s", (version,))
+    out = hr_ndcg_from_topk(np.array(lists), test.targets, ks)
+    out[f"recall_vs_exact@{k}"] = float(np.mean(overlap))
+    return out
 
 
 def _eval(score_fn, split: LeaveOneOut, n_items: int) -> dict:
@@ -197,6 +238,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--data", default=None)
     p.add_argument("--title-emb", default=None, help=".npy of item title vectors (row = item id - 1)")
     p.add_argument("--out", default=None)
+    p.add_argument("--ann-dsn", default=None, help="a Postgres+pgvector DSN: also measure the sequence models "
+                   "through an HNSW index there, as serving retrieves")
     args = p.parse_args(argv)
     if args.threads:
         import torch
