@@ -60,7 +60,11 @@ def test_cli_down_leaves_no_process_behind():
     overrides = [f"state_dir={state}", f"services.postgres.port={pg_port}", f"services.kafka.port={kafka_port}",
                  "services.postgres.dsn=null", "services.kafka.bootstrap=null",
                  "services.redis.url=redis://127.0.0.1:6379/15", "services.ray.address=null",
-                 f"services.ray.port={free_port()}", "services.ray.object_store_bytes=100000000"]
+                 f"services.ray.port={free_port()}", "services.ray.object_store_bytes=100000000",
+                 f"services.ray.dashboard_port={free_port()}"]
+    overrides += [f"services.ray.agent_ports.{name}={free_port()}" for name in  # a demo's head may run too
+                  ("dashboard_agent_listen_port", "dashboard_agent_grpc_port", "metrics_export_port",
+                   "runtime_env_agent_port")]
     cli = [sys.executable, "-m", "recsys.cli"]
     env = dict(os.environ)
     up = subprocess.run(cli + ["services", "up", *overrides], capture_output=True, text=True, env=env, timeout=120)
