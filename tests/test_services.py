@@ -67,13 +67,15 @@ def test_cli_down_leaves_no_process_behind():
                    "runtime_env_agent_port")]
     cli = [sys.executable, "-m", "recsys.cli"]
     env = dict(os.environ)
-    up = subprocess.run(cli + ["services", "up", *overrides], capture_output=True, text=True, env=env, timeout=120)
-    assert up.returncode == 0, up.stdout + up.stderr
-    status = subprocess.run(cli + ["services", "status", *overrides], capture_output=True, text=True, env=env)
-    assert status.returncode == 0, status.stdout
-    for name in ("postgres", "redis", "kafka", "ray"):
-        assert f"{name:<9} up" in status.stdout
-    down = subprocess.run(cli + ["services", "down", *overrides], capture_output=True, text=True, env=env)
+    try:
+        up = subprocess.run(cli + ["services", "up", *overrides], capture_output=True, text=True, env=env, timeout=120)
+        assert up.returncode == 0, up.stdout + up.stderr
+        status = subprocess.run(cli + ["services", "status", *overrides], capture_output=True, text=True, env=env)
+        assert status.returncode == 0, status.stdout
+        for name in ("postgres", "redis", "kafka", "ray"):
+            assert f"{name:<9} up" in status.stdout
+    finally:  # a failed start must not leave what did start running
+        down = subprocess.run(cli + ["services", "down", *overrides], capture_output=True, text=True, env=env)
     assert "postgres" in down.stdout and "kafka" in down.stdout and "ray" in down.stdout
     time.sleep(0.5)
     assert not port_open("127.0.0.1", pg_port) and not port_open("127.0.0.1", kafka_port)
