@@ -10,11 +10,11 @@ def ensure_ray(cfg, log_to_driver: bool = False) -> None:
     import ray
 
     from recsys.services.process import port_open
-    from recsys.services.ray_head import RAY_ENV, Ray
+    from recsys.services.ray_head import RAY_ENV, Ray, ray_env
 
     if ray.is_initialized():
         return
-    os.environ.update(RAY_ENV)
+    os.environ.update(ray_env(cfg))   # an in-process cluster inherits it
     head = Ray(cfg)
     host, _, port = head.address.rpartition(":")
     address = head.address if head.external or port_open(host or "127.0.0.1", int(port)) else "local"

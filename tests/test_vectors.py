@@ -22,6 +22,7 @@ def test_hnsw_search_matches_exact_search(pg, skus, world):
     centers = rng.normal(size=(8, 32))
     matrix = unit(centers[rng.integers(0, 8, len(skus))] + 0.3 * rng.normal(size=(len(skus), 32)))
     vectors.write_vectors(pg, "test-a", "test", skus, matrix)
+    vectors.prepare(pg, 40)
     for q in range(5):
         query = matrix[q]
         got = vectors.search(pg, "test-a", 32, query, 20)

@@ -23,13 +23,14 @@ def bench_ann(cfg, n_queries: int, k: int) -> dict[str, tuple[float, str]]:
         matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
         rng = np.random.default_rng(int(cfg.seed))
         ef_search = int(cfg.embedding.hnsw_ef_search)
+        vectors.prepare(conn, ef_search)
         for i in rng.choice(len(skus), size=min(20, len(skus)), replace=False):  # warm-up
-            vectors.search(conn, version, dim, matrix[i], k, ef_search)
+            vectors.search(conn, version, dim, matrix[i], k)
         ms, recalls = [], []
         for i in rng.choice(len(skus), size=min(n_queries, len(skus)), replace=False):
             query = matrix[i]
             start = time.perf_counter()
-            found = vectors.search(conn, version, dim, query, k, ef_search)
+            found = vectors.search(conn, version, dim, query, k)
             ms.append((time.perf_counter() - start) * 1000)
             exact = np.argpartition(-(matrix @ query), k - 1)[:k]
             recalls.append(len({sku for sku, _ in found} & {skus[j] for j in exact}) / k)

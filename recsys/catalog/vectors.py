@@ -95,20 +95,30 @@ def read_vectors(conn: psycopg.Connection, version: str) -> tuple[list[str], np.
     return [r[0] for r in rows], np.stack([r[1].to_numpy().astype(np.float32) for r in rows])
 
 
+def prepare(conn: psycopg.Connection, ef_search: int | None = None) -> None:
+    """Once per connection, not per query: teach psycopg the vector types (four catalog lookups) and
+    set how many candidates an HNSW search keeps (it returns at most that many: keep it >= k)."""
+    register_vector(conn)
+    if ef_search is not None:
+        set_ef_search(conn, ef_search)
+
+
+def set_ef_search(conn: psycopg.Connection, ef_search: int) -> None:
+    conn.execute(sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(int(ef_search))))
+
+
 def search_sql(version: str, dim: int) -> sql.Composed:
     """The nearest-neighbour query for one set. Version and dim are literals so that the planner can
-    match the partial expression index (a parameter would hide the predicate in a generic plan)."""
+    match the partial expression index (a parameter would hide the predicate in a generic plan).
+    The query vector travels in binary: formatting 384 floats as text costs more than the search."""
     cast = sql.SQL("embedding::vector({})").format(sql.Literal(dim))
     return sql.SQL(
-        "SELECT sku, 1 - ({cast} <=> %(q)s::vector({dim})) AS score FROM item_vectors "
-        "WHERE model_version = {version} ORDER BY {cast} <=> %(q)s::vector({dim}) LIMIT %(k)s").format(
+        "SELECT sku, 1 - ({cast} <=> %(q)b::vector({dim})) AS score FROM item_vectors "
+        "WHERE model_version = {version} ORDER BY {cast} <=> %(q)b::vector({dim}) LIMIT %(k)s").format(
         cast=cast, dim=sql.Literal(dim), version=sql.Literal(_checked(version)))
 
 
-def search(conn: psycopg.Connection, version: str, dim: int, query: np.ndarray, k: int,
-           ef_search: int = 200) -> list[tuple[str, float]]:
-    """Top-k (sku, cosine similarity) through the HNSW index."""
-    register_vector(conn)
-    with conn.transaction():
-        conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(max(int(ef_search), int(k)))))
-        return conn.execute(search_sql(version, dim), {"q": np.asarray(query, dtype=np.float32), "k": k}).fetchall()
+def search(conn: psycopg.Connection, version: str, dim: int, query: np.ndarray, k: int) -> list[tuple[str, float]]:
+    """Top-k (sku, cosine similarity) through the HNSW index, in one round trip on a connection that
+    went through `prepare`."""
+    return conn.execute(search_sql(version, dim), {"q": np.asarray(query, dtype=np.float32), "k": k}).fetchall()

@@ -14,6 +14,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import redis
 
 from recsys.features.events import Event
@@ -62,6 +63,17 @@ return 1
 """
 
 
+# KEYS: item hashes; ARGV: hash fields. One flat reply, #KEYS x #ARGV values, '-inf' (log of 0) where missing.
+READ_COUNTERS = """
+local out = {}
+for _, key in ipairs(KEYS) do
+  local values = redis.call('HMGET', key, unpack(ARGV))
+  for j = 1, #ARGV do out[#out + 1] = values[j] or '-inf' end
+end
+return out
+"""
+
+
 @dataclass
 class UserState:
     """What serving knows about a user right now (empty for an unknown user)."""
@@ -91,6 +103,7 @@ class OnlineStore:
         self.aff_tau = float(features_cfg.affinity_half_life_h) * 3600 / math.log(2)
         self.weights = dict(features_cfg.event_weights)
         self._apply = self.r.register_script(APPLY_EVENT)
+        self._read_counters = self.r.register_script(READ_COUNTERS)
 
     @classmethod
     def from_config(cls, cfg, prefix: str | None = None, socket_timeout: float = 5.0) -> "OnlineStore":
@@ -173,31 +186,36 @@ class OnlineStore:
         rows = self.r.zrevrange(self.trending_key(window_index), 0, n - 1, withscores=True)
         return [(sku.decode(), math.exp(score - now / tau)) for sku, score in rows]
 
-    def item_counters(self, skus: list[str], now: float | None = None,
-                      keys: list[str] | None = None) -> dict[str, dict[str, float]]:
-        """Decayed view / cart / purchase counts per window for each SKU, e.g. {'product_viewed:24h': 3.2};
-        `keys` reads only those (one HMGET per SKU instead of the whole hash: the hot path)."""
+    def item_counters(self, skus: list[str], now: float | None = None) -> dict[str, dict[str, float]]:
+        """Every decayed view / cart / purchase count per window of each SKU, e.g. {'product_viewed:24h': 3.2}."""
         now = time.time() if now is None else now
         names = [f"{int(h)}h" for h in self.cfg.counter_windows_h]
-        fields = None
-        if keys is not None:  # 'product_viewed:24h' -> hash field 'product_viewed:2'
-            fields = [f"{k.rpartition(':')[0]}:{names.index(k.rpartition(':')[2]) + 1}" for k in keys]
         pipe = self.r.pipeline(transaction=False)
         for sku in skus:
-            if fields is None:
-                pipe.hgetall(self.item_key(sku))
-            else:
-                pipe.hmget(self.item_key(sku), fields)
+            pipe.hgetall(self.item_key(sku))
         out = {}
         for sku, raw in zip(skus, pipe.execute()):
-            pairs = raw.items() if fields is None else ((f.encode(), v) for f, v in zip(fields, raw) if v is not None)
             counters = {}
-            for k, v in pairs:
+            for k, v in raw.items():
                 kind, _, idx = k.decode().rpartition(":")
                 i = int(idx) - 1
                 counters[f"{kind}:{names[i]}"] = math.exp(float(v) - now / self.windows_s[i])
             out[sku] = counters
         return out
+
+    def counter_matrix(self, skus: list[str], keys: list[str], now: float | None = None) -> np.ndarray:
+        """(len(skus), len(keys)) decayed counters, keys as in item_counters ('product_viewed:24h'); 0 where
+        none. The serving hot path: one script call for all the candidates, where a pipeline of HMGETs
+        costs redis-py ~60 us of Python per SKU."""
+        now = time.time() if now is None else now
+        names = [f"{int(h)}h" for h in self.cfg.counter_windows_h]
+        windows = [names.index(k.rpartition(":")[2]) for k in keys]   # 'product_viewed:24h' -> field 'product_viewed:1'
+        fields = [f"{k.rpartition(':')[0]}:{w + 1}" for k, w in zip(keys, windows)]
+        if not skus:
+            return np.zeros((0, len(keys)))
+        raw = self._read_counters(keys=[self.item_key(s) for s in skus], args=fields)
+        logs = np.array(raw).astype(np.float64).reshape(len(skus), len(keys))
+        return np.exp(logs - now / np.array([self.windows_s[w] for w in windows]))
 
     def bestsellers(self, n: int) -> list[tuple[str, float]]:
         return [(s.decode(), score) for s, score in self.r.zrevrange(f"{self.p}bestsellers", 0, n - 1, withscores=True)]

@@ -9,6 +9,7 @@ Missing values are NaN (LightGBM treats them as missing; the MLP imputes).
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -66,7 +67,7 @@ SOURCE_COLUMNS = {"two_tower": "score_two_tower", "als": "score_als", "content":
                   "accessories": "score_accessories"}
 SCORE_COLUMNS = ("score_two_tower", "score_als", "score_content", "score_trending", "score_bestsellers",
                  "score_accessories")
-# Item counters read from the online store (OnlineStore.item_counters keys), in this order.
+# Item counters read from the online store (OnlineStore.counter_matrix keys), in this order.
 COUNTER_KEYS = ("product_viewed:24h", "product_viewed:168h", "add_to_cart:168h", "purchase_completed:168h")
 DEVICES = {"desktop": 0.0, "mobile": 1.0, "tablet": 2.0}
 SURFACES = {"homepage_hero": 0.0, "pdp_fbt": 1.0, "cart_upsell": 2.0}
@@ -185,8 +186,8 @@ def compute(ctx: RankContext, items: ItemTable) -> np.ndarray:
         X[:, INDEX["category_affinity"]] = [ctx.category_affinity.get(c, 0.0) / total_aff for c in cats]
     if view_idx:
         brands = np.where(known, items.brand[ix], None)
-        view_brands = pd.Series(items.brand[view_idx]).value_counts()
-        X[:, INDEX["brand_affinity"]] = [float(view_brands.get(b, 0)) / len(view_idx) if b is not None else 0.0
+        view_brands = Counter(items.brand[view_idx].tolist())
+        X[:, INDEX["brand_affinity"]] = [view_brands.get(b, 0) / len(view_idx) if b is not None else 0.0
                                          for b in brands]
 
     C = np.asarray(ctx.counters, dtype=np.float64)

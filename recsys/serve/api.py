@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+import orjson
 from fastapi import Body, FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 
@@ -83,15 +84,15 @@ def recommendations(
     if "cart" in needs and not req.cart:
         raise HTTPException(422, f"surface {surface} needs ?cart=")
     body = recommender.recommend(req)
-    etag = '"' + hashlib.sha1(json.dumps(
-        [body["model_version"], body["rule_set_version"], [i["sku"] for i in body["items"]]]).encode()
-    ).hexdigest()[:16] + '"'
+    etag = '"' + hashlib.sha1(orjson.dumps(
+        [body["model_version"], body["rule_set_version"], [i["sku"] for i in body["items"]]])).hexdigest()[:16] + '"'
     cacheable = not body["degraded"] and not explain
     headers = {"ETag": etag,
                "Cache-Control": f"public, max-age={int(cfg.surfaces[surface].cache_ttl_s)}" if cacheable else "no-store"}
     if cacheable and request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
-    return JSONResponse(body, headers=headers)
+    return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json",
+                    headers=headers)
 
 
 @api.post("/v1/events", status_code=202)

@@ -118,8 +118,9 @@ def connect(cfg) -> None:
     import ray
 
     from recsys.services import Ray
+    from recsys.services.ray_head import ray_env
 
-    os.environ.update(RAY_ENV)
+    os.environ.update(ray_env(cfg))
     if not ray.is_initialized():
         ray.init(address=Ray(cfg).address, logging_level="WARNING", log_to_driver=False,
                  runtime_env={"env_vars": RAY_ENV})

@@ -9,7 +9,7 @@ in the same round trip, so a new event makes the user's cached rails stale at on
 from __future__ import annotations
 
 import hashlib
-import json
+import orjson
 
 from recsys.features.online_store import OnlineStore
 from recsys.serve.request import RecRequest
@@ -25,8 +25,8 @@ class ResponseCache:
 
     def key(self, req: RecRequest) -> str:
         who = f"u:{req.user_id}" if req.user_id else f"s:{req.session_id}" if req.session_id else "anon"
-        context = json.dumps([req.skus, req.cart, req.k, req.device, req.geo])
-        return f"{self.store.p}rc:{req.surface}:{who}:{hashlib.sha1(context.encode()).hexdigest()[:16]}"
+        context = orjson.dumps([req.skus, req.cart, req.k, req.device, req.geo])
+        return f"{self.store.p}rc:{req.surface}:{who}:{hashlib.sha1(context).hexdigest()[:16]}"
 
     def get(self, req: RecRequest) -> tuple[dict | None, int]:
         """(the cached response or None, the user's version now: what a new entry must be stored with)."""
@@ -38,12 +38,13 @@ class ResponseCache:
         now = int(version[0] or 0) if version else 0
         if raw is None:
             return None, now
-        entry = json.loads(raw)
+        entry = orjson.loads(raw)
         return (entry["response"] if entry["version"] == now else None), now
 
     def put(self, req: RecRequest, version: int, response: dict) -> None:
         body = {k: v for k, v in response.items() if k != "request_id"}
-        self.store.r.set(self.key(req), json.dumps({"version": version, "response": body}),
+        self.store.r.set(self.key(req), orjson.dumps({"version": version, "response": body},
+                                                          option=orjson.OPT_SERIALIZE_NUMPY),
                          px=self.ttl_ms[req.surface])
 
     def clear(self) -> int:

@@ -111,7 +111,6 @@ class TwoTowerANN:
         self.models = res.live_models()
         self.store = UserVectorStore(res.store.r, res.store.p)
         self.refresh_s = float(res.cfg.serve.user_vector_refresh_s)
-        self.ef_search = int(res.cfg.embedding.hnsw_ef_search)
 
     def _query(self, req: RecRequest, user: UserState) -> tuple[np.ndarray | None, str]:
         tt, version, now = self.models.two_tower, self.models.version, time.time()
@@ -138,7 +137,7 @@ class TwoTowerANN:
         if query is None:
             return []
         with self.res.pool.connection(timeout=1) as conn:
-            rows = vectors.search(conn, tt.vector_set, tt.dim, query, n, self.ef_search)
+            rows = vectors.search(conn, tt.vector_set, tt.dim, query, n)
         return [Candidate(sku, float(score), self.name, [reason]) for sku, score in rows]
 
 

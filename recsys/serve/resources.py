@@ -30,7 +30,8 @@ class Resources:
         self.store = OnlineStore.from_config(cfg, socket_timeout=float(cfg.serve.redis_timeout_ms) / 1000)
         self.pool = ConnectionPool(Postgres(cfg).dsn, min_size=1, max_size=8, open=False,
                                    kwargs={"autocommit": True, "connect_timeout": 2,
-                                           "options": f"-c statement_timeout={int(cfg.serve.statement_timeout_ms)}"}, timeout=2)
+                                           "options": f"-c statement_timeout={int(cfg.serve.statement_timeout_ms)}"},
+                                   configure=self._configure, timeout=2)
         try:
             self.pool.open(wait=False)
         except Exception:
@@ -44,6 +45,10 @@ class Resources:
         self._live_models = None
         self._loading = threading.Lock()
         self.refresh(wait=True)
+
+    def _configure(self, conn: psycopg.Connection) -> None:
+        """Each new pooled connection: vector types and HNSW ef_search set once, so a search is one round trip."""
+        vectors.prepare(conn, int(self.cfg.embedding.hnsw_ef_search))
 
     def refresh(self, max_age_s: float = 300.0, retry_s: float = 10.0, wait: bool = False) -> None:
         """Reload the snapshots from Postgres when stale, in a background thread: a request never

@@ -5,6 +5,10 @@ Each source is a small class with `fetch(request, user, n) -> [Candidate]`, best
 
 from __future__ import annotations
 
+import heapq
+import math
+import time
+
 import numpy as np
 
 from recsys.catalog import vectors
@@ -33,10 +37,18 @@ class Trending:
 
     def __init__(self, res: Resources):
         self.res = res
+        self.reuse_s = float(res.cfg.serve.trending_reuse_s)
+        self._top: dict[int, tuple[float, list[Candidate]]] = {}   # n -> (read at, candidates)
 
     def fetch(self, req: RecRequest, user: UserState, n: int) -> list[Candidate]:
-        return [Candidate(sku, score, self.name, ["trending today"])
-                for sku, score in self.res.store.trending(n, self.window_index)]
+        """The same top-n for every request within `serve.trending_reuse_s`: a day's trend does not
+        move in a second, and a Redis round trip per request costs more than it tells."""
+        read_at, top = self._top.get(n, (-math.inf, []))
+        if time.monotonic() - read_at >= self.reuse_s:
+            top = [Candidate(sku, score, self.name, ["trending today"])
+                   for sku, score in self.res.store.trending(n, self.window_index)]
+            self._top[n] = (time.monotonic(), top)
+        return top
 
 
 class _ContentNeighbours:
@@ -46,7 +58,6 @@ class _ContentNeighbours:
 
     def __init__(self, res: Resources):
         self.res = res
-        self.ef_search = int(res.cfg.embedding.hnsw_ef_search)
         self.session_views = int(res.cfg.serve.session_vector_views)
 
     def _search(self, anchors: list[str], n: int, reason: str) -> list[Candidate]:
@@ -59,7 +70,7 @@ class _ContentNeighbours:
         query /= np.linalg.norm(query) or 1.0
         version, dim = self.res.content
         with self.res.pool.connection(timeout=1) as conn:
-            rows = vectors.search(conn, version, dim, query, n + len(anchors), self.ef_search)
+            rows = vectors.search(conn, version, dim, query, n + len(anchors))
         anchor_set = set(anchors)
         return [Candidate(sku, float(score), self.name, [reason]) for sku, score in rows if sku not in anchor_set][:n]
 
@@ -90,6 +101,8 @@ class Accessories:
 
     def __init__(self, res: Resources):
         self.res = res
+        self._popularity_of: list | None = None
+        self._log_popularity: dict[str, float] = {}
 
     def _devices(self, req: RecRequest, user: UserState) -> list[str]:
         catalog = self.res.catalog
@@ -105,14 +118,22 @@ class Accessories:
     def fetch(self, req: RecRequest, user: UserState, n: int) -> list[Candidate]:
         if self.res.catalog is None:
             return []
-        popularity = dict(self.res.bestsellers)
-        best: dict[str, Candidate] = {}
+        popularity = self._popularity()
+        best: dict[str, tuple[float, str]] = {}
         for rank, device in enumerate(self._devices(req, user)):
             for sku, weight in self.res.catalog.accessories.get(device, []):
-                score = weight / (1 + rank) + 0.01 * np.log1p(popularity.get(sku, 0.0))
-                if sku not in best or best[sku].score < score:
-                    best[sku] = Candidate(sku, float(score), self.name, [f"fits {device}"])
-        return sorted(best.values(), key=lambda c: c.score, reverse=True)[:n]
+                score = weight / (1 + rank) + 0.01 * popularity.get(sku, 0.0)
+                if sku not in best or best[sku][0] < score:
+                    best[sku] = (score, device)
+        top = heapq.nlargest(n, best.items(), key=lambda kv: kv[1][0])
+        return [Candidate(sku, score, self.name, [f"fits {device}"]) for sku, (score, device) in top]
+
+    def _popularity(self) -> dict[str, float]:
+        """log1p(bestseller score) per SKU, rebuilt when the bestsellers snapshot changes."""
+        if self._popularity_of is not self.res.bestsellers:
+            self._popularity_of = self.res.bestsellers
+            self._log_popularity = {sku: math.log1p(score) for sku, score in self._popularity_of}
+        return self._log_popularity
 
 
 def _model_sources():

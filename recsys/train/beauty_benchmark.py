@@ -194,6 +194,7 @@ def ann_metrics(model, test, dsn: str, name: str, ks=DEFAULT_KS, ef_search: int 
     lists, overlap = [], []
     with psycopg.connect(dsn, autocommit=True) as conn:
         vectors.write_vectors(conn, version, "beauty-eval", [str(i) for i in range(len(items))], items)
+        vectors.prepare(conn)
         try:
             for start in range(0, len(test.targets), 2048):
                 rows = np.arange(start, min(len(test.targets), start + 2048))
@@ -201,7 +202,8 @@ def ann_metrics(model, test, dsn: str, name: str, ks=DEFAULT_KS, ef_search: int 
                     users = model.user_vectors(arrays, rows).cpu().numpy()
                 for u, q in zip(rows, users):
                     seen = set(test.seen[u].tolist()) - {int(test.targets[u])}
-                    found = vectors.search(conn, version, items.shape[1], q, k + len(seen), ef_search)
+                    vectors.set_ef_search(conn, max(ef_search, k + len(seen)))  # it returns at most ef_search rows
+                    found = vectors.search(conn, version, items.shape[1], q, k + len(seen))
                     ann = [int(s) for s, _ in found if int(s) not in seen][:k]
                     exact = [i for i in np.argsort(-(items @ q))[: k + len(seen)] if i not in seen][:k]
                     overlap.append(len(set(ann) & set(exact)) / k)

@@ -87,9 +87,11 @@ def ann_report(conn: psycopg.Connection, version: str, model: TwoTowerModel, cat
     items = model.item_vectors().detach().cpu().numpy()
     index = catalog.index
     ann_lists, overlap = [], []
+    vectors.prepare(conn)
     for u, q, target in zip(users, user_vecs, targets):
         excluded = set(bought[u].tolist()) - {int(target)}  # as in the exact evaluation
-        rows = vectors.search(conn, version, items.shape[1], q, k + len(excluded), int(cfg.embedding.hnsw_ef_search))
+        vectors.set_ef_search(conn, max(int(cfg.embedding.hnsw_ef_search), k + len(excluded)))
+        rows = vectors.search(conn, version, items.shape[1], q, k + len(excluded))
         found = [index[sku] for sku, _ in rows if index[sku] not in excluded][:k]
         exact = np.argsort(-(items @ q))
         exact = [i for i in exact[: k + len(excluded)] if i not in excluded][:k]
