@@ -4,6 +4,7 @@ import math
 import uuid
 from datetime import datetime, timedelta, timezone
 
+import numpy as np
 import pytest
 
 from recsys.features.events import Event
@@ -51,6 +52,20 @@ def test_counters_decay_with_their_window(store):
     half_life = store.aff_tau * math.log(2)
     later = store.user_state("u1", now=T0.timestamp() + half_life)
     assert later.category_affinity["phone"] == pytest.approx(2 * store.weights["product_viewed"] / 2, rel=1e-6)
+
+
+def test_counter_matrix_reads_what_item_counters_reads(store):
+    """The serving read (one script call) equals the general one, 0 for an unseen SKU or field."""
+    store.apply([ev("product_viewed", "P1", 0), ev("add_to_cart", "P1", 5), ev("product_viewed", "C1", 9)], CATEGORY)
+    now = (T0 + timedelta(hours=3)).timestamp()
+    keys = ["product_viewed:24h", "add_to_cart:168h", "purchase_completed:168h"]
+    skus = ["P1", "never-seen", "C1"]
+    matrix = store.counter_matrix(skus, keys, now=now)
+    counters = store.item_counters(skus, now=now)
+    expected = [[counters[s].get(k, 0.0) for k in keys] for s in skus]
+    assert matrix.shape == (3, 3) and matrix[0, 0] > 0 and matrix[0, 1] > 0 and matrix[2, 1] == 0
+    np.testing.assert_allclose(matrix, expected, rtol=1e-12)
+    assert store.counter_matrix([], keys).shape == (0, 3)
 
 
 def test_trending_orders_by_decayed_activity_even_out_of_order(store):

@@ -62,6 +62,14 @@ def test_the_topology_is_the_configured_one(served):
     assert set(deployments) == (SPLIT_DEPLOYMENTS if topology == "split" else {"recsys_api"})
 
 
+def test_the_http_front_is_this_clusters_haproxy(served, world):
+    import psutil
+
+    mine = f"recsys-haproxy-{world.services.ray.port}"
+    assert any("haproxy" in " ".join(p.info["cmdline"] or []) and mine in " ".join(p.info["cmdline"] or [])
+               for p in psutil.process_iter(["cmdline"]))
+
+
 def test_every_surface_over_http(served, context):
     client, _, _ = served
     device, user = context

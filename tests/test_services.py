@@ -83,3 +83,15 @@ def test_cli_down_leaves_no_process_behind():
     assert leftovers == []
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(f"postgresql://postgres@127.0.0.1:{pg_port}/postgres", connect_timeout=1)
+
+
+def test_each_head_gets_haproxy_files_and_ports_of_its_own():
+    from recsys.services.ray_head import RAY_ENV, ray_env
+
+    a = ray_env(make_cfg("services.ray.port=7001"))
+    b = ray_env(make_cfg("services.ray.port=7002", "services.ray.haproxy.metrics_port=9999"))
+    assert a["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and a.items() >= RAY_ENV.items()
+    assert a["RAY_SERVE_HAPROXY_SOCKET_PATH"] != b["RAY_SERVE_HAPROXY_SOCKET_PATH"]
+    assert len(a["RAY_SERVE_HAPROXY_SOCKET_PATH"]) < 100          # a Unix socket path has 108 bytes at most
+    assert b["RAY_SERVE_HAPROXY_METRICS_PORT"] == "9999"
+    assert ray_env(make_cfg("services.ray.haproxy.enabled=false")) == RAY_ENV
