@@ -8,6 +8,7 @@ rate replays paths already served, all cache hits.
 
 from __future__ import annotations
 
+import psutil
 import psycopg
 
 from recsys.bench.loadgen import run_load
@@ -47,8 +48,11 @@ def _surface(base_url: str, topology: str, surface: str, paths: list[str], b) ->
         n = int(rate * float(b.http_duration_s))
         batch = paths[start:start + n] if not label else paths[warm:warm + n]
         start += 0 if label else n
-        result = run_load(base_url, batch, rate, float(b.http_duration_s), int(b.http_concurrency))
-        print(f"    {surface:<14} {label or 'miss.':<8} {result.line()}")
+        busy_before = _busy_cpu_s()
+        result = run_load(base_url, batch, rate, float(b.http_duration_s), int(b.http_concurrency),
+                          float(b.http_timeout_s))
+        cpu_ms = (_busy_cpu_s() - busy_before) * 1000 / max(result.sent - result.errors, 1)
+        print(f"    {surface:<14} {label or 'miss.':<8} {result.line()}, {cpu_ms:.1f} ms CPU per request")
         key = f"serve.{topology}.{surface}.{label}rate{int(rate)}"
         figures[f"{key}.p50_ms"] = (result.p50_ms, "ms")
         figures[f"{key}.p95_ms"] = (result.p95_ms, "ms")
@@ -56,7 +60,16 @@ def _surface(base_url: str, topology: str, surface: str, paths: list[str], b) ->
         figures[f"{key}.achieved_rps"] = (result.achieved, "req/s")
         figures[f"{key}.error_rate"] = (result.errors / max(result.sent, 1), "fraction")
         figures[f"{key}.degraded_rate"] = (result.degraded / max(result.sent, 1), "fraction")
+        figures[f"{key}.cpu_ms_per_request"] = (cpu_ms, "ms")
     return figures
+
+
+def _busy_cpu_s() -> float:
+    """CPU seconds the whole machine spent busy so far (every process: Serve, HAProxy, Postgres, Redis,
+    the load generator). Per request, it is what a request costs on this machine, and with the core
+    count it bounds the throughput: 2 cores at 20 ms per request cannot go past 100 req/s."""
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
 
 
 def paths_needed(b) -> int:
