@@ -18,7 +18,7 @@ import numpy as np
 @dataclass
 class LoadResult:
     rate: float            # requested req/s
-    achieved: float        # completed req/s
+    achieved: float        # answered req/s (errors and requests given up on not counted)
     sent: int
     errors: int
     p50_ms: float
@@ -67,7 +67,8 @@ async def _run(base_url: str, paths: list[str], rate: float, duration_s: float, 
         await asyncio.gather(*(one(paths[i % len(paths)], begin + i / rate) for i in range(n)))
         elapsed = time.perf_counter() - begin
     arr = np.array(latencies)
-    return LoadResult(rate, n / elapsed, n, errors, *(float(np.percentile(arr, q)) for q in (50, 95, 99)), degraded)
+    return LoadResult(rate, (n - errors) / elapsed, n, errors, *(float(np.percentile(arr, q)) for q in (50, 95, 99)),
+                      degraded)
 
 
 def run_load(base_url: str, paths: list[str], rate: float, duration_s: float, concurrency: int = 32,
