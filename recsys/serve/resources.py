@@ -28,7 +28,9 @@ class Resources:
 
         self.cfg = cfg
         self.store = OnlineStore.from_config(cfg, socket_timeout=float(cfg.serve.redis_timeout_ms) / 1000)
-        self.pool = ConnectionPool(Postgres(cfg).dsn, min_size=1, max_size=8, open=False,
+        # min_size: connections opened (and prepared) in the background at start, so the first requests'
+        # parallel searches do not each pay a connect within their budget.
+        self.pool = ConnectionPool(Postgres(cfg).dsn, min_size=4, max_size=8, open=False,
                                    kwargs={"autocommit": True, "connect_timeout": 2,
                                            "options": f"-c statement_timeout={int(cfg.serve.statement_timeout_ms)}"},
                                    configure=self._configure, timeout=2)
