@@ -2,6 +2,12 @@
 
 Offsets are committed only after both writes succeeded. Both writes are idempotent by event_id, so
 a crash between them is healed by the replay that follows.
+
+One message must never stop the consumer. A write that fails because of the data (a Postgres data or
+integrity error, a Redis script error) splits its batch and retries each half, down to the single
+message, which becomes a dead letter with the reason; the rest of the batch is stored. A dependency
+that is down is not the data's fault: that error propagates, nothing is committed, and the run loop
+waits with backoff and resumes from the last commit.
 """
 
 from __future__ import annotations
@@ -10,17 +16,38 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import psycopg
+import redis
 from confluent_kafka import Consumer, KafkaError
 
+from recsys.features import dead_letters
 from recsys.features.broker import EventProducer
+from recsys.features.dead_letters import DeadLetter
 from recsys.features.event_log import write_events
-from recsys.features.events import parse_event
+from recsys.features.events import IntakeLimits, parse_event
 from recsys.features.impression_log import write_impressions
 from recsys.features.online_store import OnlineStore
 
 log = logging.getLogger(__name__)
+
+# Redis answers these when the server, not the message, is the problem.
+REDIS_OUTAGE_PREFIXES = ("OOM", "READONLY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "BUSY", "NOREPLICAS")
+
+
+def is_poison(exc: BaseException) -> bool:
+    """True when `exc` comes from the message's content (retrying it can never succeed), False when a
+    dependency is down or misbehaving (wait and retry)."""
+    if isinstance(exc, psycopg.Error):
+        # SQLSTATE class 22 (data exception: numeric overflow...) and 23 (constraint violation), and what
+        # psycopg refuses to send (a NUL in text): DataError / IntegrityError. Anything else is ours or the server's.
+        return isinstance(exc, (psycopg.DataError, psycopg.IntegrityError))
+    if isinstance(exc, redis.ResponseError):
+        return not str(exc).startswith(REDIS_OUTAGE_PREFIXES)
+    if isinstance(exc, (redis.RedisError, OSError)):
+        return False
+    return isinstance(exc, (ValueError, TypeError, KeyError, UnicodeError))
 
 
 @dataclass
@@ -28,7 +55,7 @@ class BatchStats:
     messages: int = 0
     logged: int = 0        # new rows in the event log
     applied: int = 0       # events applied to Redis for the first time
-    dead: int = 0          # sent to the dead-letter topic
+    dead: int = 0          # new dead letters (each letter counts once, however often its batch is replayed)
     impressions: int = 0
 
 
@@ -39,6 +66,7 @@ class FeatureConsumer:
         self.cfg = cfg
         c = cfg.features.consumer
         self.topics = cfg.services.kafka.topics
+        self.limits = IntakeLimits.from_config(cfg)
         self.consumer = Consumer({
             "bootstrap.servers": Kafka(cfg).bootstrap,
             "group.id": group_id or c.group_id,
@@ -63,31 +91,63 @@ class FeatureConsumer:
     def process(self, messages) -> BatchStats:
         """Validate and write one batch; the caller commits offsets afterwards."""
         stats = BatchStats(messages=len(messages))
-        events, letters, impressions = [], [], []
+        events, impressions, letters = [], [], []
         for m in messages:
             if m.topic() == self.topics.impressions:
                 try:
-                    impressions.append(json.loads(m.value()))
-                except (ValueError, TypeError):
-                    log.warning("skipping unreadable impression at %s/%d", m.partition(), m.offset())
+                    impression = json.loads(m.value())
+                    if not isinstance(impression, dict):
+                        raise ValueError(f"an impression is a JSON object, not {type(impression).__name__}")
+                    impressions.append((m, impression))
+                except (ValueError, TypeError) as exc:
+                    letters.append(DeadLetter.of_message(m, f"impression: {exc}"))
                 continue
-            event, reason = parse_event(m.value())
+            event, reason = parse_event(m.value(), self.limits)
             if event is not None and not self._known(event.sku):
                 event, reason = None, f"sku: unknown SKU {event.sku!r}"
             if event is None:
-                letters.append({"reason": reason, "payload": (m.value() or b"").decode("utf-8", "replace"),
-                                "source": "consumer", "topic": m.topic(), "partition": m.partition(),
-                                "offset": m.offset(), "user_id": (m.key() or b"").decode("utf-8", "replace")})
+                letters.append(DeadLetter.of_message(m, reason))
             else:
-                events.append(event)
-        if events:
-            stats.logged = write_events(self.conn, events)
-            stats.applied = self.store.apply(events, self.category_of)
-        if impressions:
-            stats.impressions = write_impressions(self.conn, impressions)
-        if letters:
-            stats.dead = self.dlq.send_dead_letters(letters)
+                events.append((m, event))
+        stats.logged, stats.applied = self._isolated(events, self._write_events, letters, (0, 0))
+        stats.impressions = self._isolated(impressions, self._write_impressions, letters, 0)
+        stats.dead = self._send_dead_letters(letters)
         return stats
+
+    def _write_events(self, items: Sequence) -> tuple[int, int]:
+        events = [e for _, e in items]
+        return write_events(self.conn, events), self.store.apply(events, self.category_of)
+
+    def _write_impressions(self, items: Sequence) -> int:
+        return write_impressions(self.conn, [i for _, i in items])
+
+    def _isolated(self, items: Sequence, write: Callable, letters: list[DeadLetter], zero):
+        """`write(items)`; when the data makes it fail, halve and retry until the bad messages stand alone,
+        then turn each into a dead letter. Returns the (summed) results of the writes that succeeded."""
+        if not items:
+            return zero
+        try:
+            return write(items)
+        except Exception as exc:
+            if not is_poison(exc):
+                raise
+            if len(items) == 1:
+                message = items[0][0]
+                log.warning("dead letter at %s/%d/%d: %s", message.topic(), message.partition(), message.offset(), exc)
+                letters.append(DeadLetter.of_message(message, f"not storable: {type(exc).__name__}: {exc}"))
+                return zero
+        mid = len(items) // 2
+        first = self._isolated(items[:mid], write, letters, zero)
+        second = self._isolated(items[mid:], write, letters, zero)
+        return tuple(a + b for a, b in zip(first, second)) if isinstance(zero, tuple) else first + second
+
+    def _send_dead_letters(self, letters: list[DeadLetter]) -> int:
+        """Record the letters once each, publish those not yet on the topic; return how many were new."""
+        pending = dead_letters.record(self.conn, letters)
+        if pending:
+            self.dlq.send_dead_letters([l.as_message() for l in pending])
+            dead_letters.mark_published(self.conn, pending)
+        return len(pending)
 
     def poll_once(self, timeout: float | None = None) -> BatchStats:
         c = self.cfg.features.consumer
@@ -110,16 +170,21 @@ class FeatureConsumer:
         self.dlq.flush()
 
 
-def run_consumer(cfg, max_seconds: float | None = None) -> None:
-    """Consume until stopped (or for max_seconds). A failed batch is retried from the last commit."""
+def run_consumer(cfg, max_seconds: float | None = None, stop: Callable[[], bool] = lambda: False) -> None:
+    """Consume until stopped (or for max_seconds). A failed batch is retried from the last commit,
+    after a backoff that grows while the dependency stays down."""
     deadline = None if max_seconds is None else time.monotonic() + max_seconds
     backoff = 1.0
-    while deadline is None or time.monotonic() < deadline:
+
+    def running() -> bool:
+        return not stop() and (deadline is None or time.monotonic() < deadline)
+
+    while running():
         consumer = None
         try:
             consumer = FeatureConsumer(cfg)
             log.info("feature consumer running")
-            while deadline is None or time.monotonic() < deadline:
+            while running():
                 stats = consumer.poll_once()
                 if stats.messages:
                     log.info("batch: %s", stats)

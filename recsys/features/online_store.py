@@ -14,14 +14,18 @@ import math
 import time
 from dataclasses import dataclass, field
 
+from urllib.parse import quote
+
 import numpy as np
 import redis
 
 from recsys.features.events import Event
 
 APPLY_EVENT = """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[8]) then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local t = tonumber(ARGV[3])
+local weight = tonumber(ARGV[7])
+if not t or not weight then return redis.error_reply('bad event arguments') end
 local function logadd(old, w, tau)
   local x = math.log(w) + t / tau
   if not old then return x end
@@ -44,21 +48,25 @@ if ARGV[1] == 'product_viewed' then
   redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[10]) - 1)
 elseif ARGV[1] == 'add_to_cart' then
   redis.call('SADD', KEYS[5], ARGV[2])
+  if redis.call('SCARD', KEYS[5]) > tonumber(ARGV[13]) then redis.call('SPOP', KEYS[5]) end
 else
   redis.call('SREM', KEYS[5], ARGV[2])
   redis.call('ZADD', KEYS[6], t, ARGV[2])
+  redis.call('ZREMRANGEBYRANK', KEYS[6], 0, -1 - tonumber(ARGV[14]))
 end
 if ARGV[6] ~= '' then
-  redis.call('ZADD', KEYS[4], logadd(redis.call('ZSCORE', KEYS[4], ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[11])), ARGV[6])
+  redis.call('ZADD', KEYS[4], logadd(redis.call('ZSCORE', KEYS[4], ARGV[6]), weight, tonumber(ARGV[11])), ARGV[6])
 end
 for i = 2, 6 do redis.call('EXPIRE', KEYS[i], ttl) end
-local n = (#ARGV - 12)
+local n = (#ARGV - 14)
 for i = 1, n do
-  local tau = tonumber(ARGV[12 + i])
+  local tau = tonumber(ARGV[14 + i])
   local f = ARGV[1] .. ':' .. i
   redis.call('HSET', KEYS[7], f, logadd(redis.call('HGET', KEYS[7], f), 1, tau))
-  redis.call('ZADD', KEYS[7 + i], logadd(redis.call('ZSCORE', KEYS[7 + i], ARGV[2]), tonumber(ARGV[7]), tau), ARGV[2])
+  redis.call('ZADD', KEYS[7 + i], logadd(redis.call('ZSCORE', KEYS[7 + i], ARGV[2]), weight, tau), ARGV[2])
 end
+-- Marked as seen only once every write above succeeded: an event whose writes failed is retried.
+redis.call('SET', KEYS[1], '1', 'EX', ARGV[8])
 return 1
 """
 
@@ -113,7 +121,10 @@ class OnlineStore:
 
     # keys --------------------------------------------------------------------------------------
     def user_key(self, user_id: str, part: str = "") -> str:
-        return f"{self.p}u:{user_id}{':' + part if part else ''}"
+        return user_key(self.p, user_id, part)
+
+    def seen_key(self, event_id: str) -> str:
+        return f"{self.p}seen:{escape_id(event_id)}"
 
     def trending_key(self, window_index: int) -> str:
         return f"{self.p}trending:{int(self.cfg.counter_windows_h[window_index])}h"
@@ -127,17 +138,18 @@ class OnlineStore:
         applied = 0
         common = [str(int(self.cfg.dedupe_ttl_s)), str(int(self.cfg.user_ttl_s)), str(int(self.cfg.session_views)),
                   repr(self.aff_tau)]
+        bounds = [str(int(self.cfg.max_cart_items)), str(int(self.cfg.max_purchases_kept))]
         taus = [repr(w) for w in self.windows_s]
         trending = [self.trending_key(i) for i in range(len(self.windows_s))]
         for start in range(0, len(events), batch):
             pipe = self.r.pipeline(transaction=False)
             for e in events[start:start + batch]:
                 u = self.user_key(e.user_id)
-                keys = [f"{self.p}seen:{e.event_id}", u, f"{u}:views", f"{u}:aff", f"{u}:cart", f"{u}:bought",
+                keys = [self.seen_key(e.event_id), u, f"{u}:views", f"{u}:aff", f"{u}:cart", f"{u}:bought",
                         self.item_key(e.sku), *trending]
                 args = [e.type, e.sku, repr(e.epoch), e.device or "", e.geo or "", category_of.get(e.sku, ""),
                         repr(self.weights[e.type]), common[0], common[1], common[2], common[3],
-                        e.session_id or "", *taus]
+                        e.session_id or "", *bounds, *taus]
                 self._apply(keys=keys, args=args, client=pipe)
             applied += sum(int(x) for x in pipe.execute())
         return applied
@@ -226,6 +238,19 @@ class OnlineStore:
         for keys in _chunks(self.r.scan_iter(match=f"{self.p}*", count=2000), 1000):
             removed += self.r.unlink(*keys)
         return removed
+
+
+def user_key(prefix: str, user_id: str, part: str = "") -> str:
+    """`<prefix>u:{<id>}[:part]`: every key of one user. The id is percent-escaped, so no id can spell
+    another user's key (`"bob}:views"` stays inside its braces), and the braces are a Redis Cluster hash
+    tag that keeps one user's keys on one slot."""
+    return f"{prefix}u:{{{escape_id(user_id)}}}{':' + part if part else ''}"
+
+
+def escape_id(value: str) -> str:
+    """Percent-escape everything but [A-Za-z0-9_.~-]: injective (`%` itself is escaped), so two ids
+    never share a key, and no id can contain the `{`, `}` or `:` that structure our keys."""
+    return quote(value, safe="")
 
 
 def _chunks(iterable, size):

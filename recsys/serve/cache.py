@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import orjson
 
-from recsys.features.online_store import OnlineStore
+from recsys.features.online_store import OnlineStore, escape_id
 from recsys.serve.request import RecRequest
 
 
@@ -24,7 +24,8 @@ class ResponseCache:
         return self.ttl_ms.get(req.surface, 0) > 0 and not req.explain
 
     def key(self, req: RecRequest) -> str:
-        who = f"u:{req.user_id}" if req.user_id else f"s:{req.session_id}" if req.session_id else "anon"
+        who = (f"u:{escape_id(req.user_id)}" if req.user_id else f"s:{escape_id(req.session_id)}" if req.session_id
+               else "anon")
         context = orjson.dumps([req.skus, req.cart, req.k, req.device, req.geo])
         return f"{self.store.p}rc:{req.surface}:{who}:{hashlib.sha1(context).hexdigest()[:16]}"
 

@@ -27,10 +27,9 @@ def up(cfg, with_ray: bool = True) -> list[Health]:
 
 
 def down(cfg, with_ray: bool = True) -> list[str]:
-    """Stops what recsys started (never an external or pre-existing shared service)."""
-    from recsys.app_processes import stop_all
-
-    stopped = stop_all(cfg)
+    """Stops what recsys started (never an external or pre-existing shared service). The consumers are
+    actors of the Ray head and end with it."""
+    stopped = []
     for service in reversed(all_services(cfg, with_ray)):
         if service.stop():
             stopped.append(service.name)

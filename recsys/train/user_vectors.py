@@ -2,7 +2,7 @@
 
 A cohort is device x geo x entry category (the category of a user's first interaction), with
 coarser fallbacks (device x geo, device, everyone) so every new visitor gets some centroid.
-Keys: `{prefix}uv:{user}` hash {version, ts, vector}; `{prefix}cohort:{version}` hash cohort -> vector.
+Keys: `{prefix}u:{<user>}:vec` hash (beside the user's features, recsys.features.online_store.user_key) {version, ts, vector}; `{prefix}cohort:{version}` hash cohort -> vector.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import redis
 
+from recsys.features.online_store import user_key
 from recsys.train.two_tower import TwoTowerModel, inference_arrays
 
 ANY = "*"
@@ -32,7 +33,7 @@ class UserVectorStore:
         now = time.time() if now is None else now
         pipe = self.r.pipeline(transaction=False)
         for user, vec in vectors.items():
-            key = f"{self.p}uv:{user}"
+            key = user_key(self.p, user, "vec")
             pipe.hset(key, mapping={"version": version, "ts": repr(now),
                                     "vector": np.asarray(vec, dtype=np.float32).tobytes()})
             pipe.expire(key, self.ttl_s)
@@ -40,7 +41,7 @@ class UserVectorStore:
 
     def get_user(self, user: str, version: str) -> tuple[np.ndarray, float] | None:
         """(vector, computed-at) when a vector of this model version exists."""
-        raw = self.r.hgetall(f"{self.p}uv:{user}")
+        raw = self.r.hgetall(user_key(self.p, user, "vec"))
         if not raw or raw.get(b"version", b"").decode() != version:
             return None
         return np.frombuffer(raw[b"vector"], dtype=np.float32), float(raw[b"ts"])

@@ -1,0 +1,152 @@
+"""The feature consumers as Ray actors that Ray restarts: a consumer that crashes (or is SIGKILLed) is
+running again within seconds without a person, from the last committed offsets (at-least-once, and
+both stores dedupe by event_id, so nothing is counted twice). More workers are more members of the
+same consumer group: ingestion scales out up to the topic's partition count.
+
+`recsys consume` starts them on the configured Ray cluster (`recsys consume --foreground` runs one in
+the terminal instead); `recsys services status` lists them with their restarts and the group's lag.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+from omegaconf import OmegaConf
+
+NAMESPACE = "recsys"
+
+
+def _name(index: int) -> str:
+    return f"feature-consumer-{index}"
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=4)
+class ConsumerWorker:
+    """One member of the consumer group. Ray re-runs __init__ in a new process after a crash, so the
+    consume loop starts again by itself; if the loop ever ends unasked, the process exits to be restarted."""
+
+    def __init__(self, cfg_dict: dict, index: int):
+        from recsys.features.consumer import run_consumer
+
+        cfg = OmegaConf.create(cfg_dict)
+        log_file = Path(cfg.state_dir) / "logs" / f"{_name(index)}.log"
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s", "%H:%M:%S"))
+        logging.getLogger("recsys").addHandler(handler)
+        logging.getLogger("recsys").setLevel(logging.INFO)
+        self._stopping = threading.Event()
+
+        def loop() -> None:
+            run_consumer(cfg, stop=self._stopping.is_set)
+            if not self._stopping.is_set():
+                os._exit(1)
+
+        self._thread = threading.Thread(target=loop, name="consume", daemon=True)
+        self._thread.start()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(15)
+
+
+@dataclass
+class WorkerStatus:
+    name: str
+    state: str
+    restarts: int
+    pid: int | None
+
+    def line(self) -> str:
+        return f"{self.name:<20} {self.state:<9} restarts {self.restarts:<3} pid {self.pid or '-'}"
+
+
+def _connect(cfg) -> None:
+    from recsys.raycluster import ensure_ray
+
+    ensure_ray(cfg)
+
+
+def start(cfg) -> list[str]:
+    """Start `features.consumer.workers` detached consumer actors (idempotent); their names."""
+    _connect(cfg)
+    cfg_dict = OmegaConf.to_container(cfg, resolve=True)
+    names = []
+    for index in range(int(cfg.features.consumer.workers)):
+        worker = ConsumerWorker.options(name=_name(index), namespace=NAMESPACE, lifetime="detached",
+                                        get_if_exists=True).remote(cfg_dict, index)
+        ray.get(worker.pid.remote(), timeout=120)
+        names.append(_name(index))
+    return names
+
+
+def _workers(cfg) -> dict[str, "ray.actor.ActorHandle"]:
+    out = {}
+    for index in range(int(cfg.features.consumer.workers)):
+        try:
+            out[_name(index)] = ray.get_actor(_name(index), namespace=NAMESPACE)
+        except ValueError:
+            pass
+    return out
+
+
+def stop(cfg) -> list[str]:
+    """Stop the consumers cleanly (their current batch finishes and commits), then remove the actors."""
+    _connect(cfg)
+    workers = _workers(cfg)
+    for handle in workers.values():
+        try:
+            ray.get(handle.stop.remote(), timeout=30)
+        except Exception:
+            pass
+        ray.kill(handle, no_restart=True)
+    return list(workers)
+
+
+def consumer_pids(cfg) -> dict[str, int]:
+    """name -> OS pid of each running consumer (what a chaos test kills)."""
+    _connect(cfg)
+    return {name: ray.get(h.pid.remote(), timeout=30) for name, h in _workers(cfg).items()}
+
+
+def status(cfg) -> list[WorkerStatus]:
+    from ray.util.state import list_actors
+
+    _connect(cfg)
+    out = []
+    for actor in list_actors(filters=[("class_name", "=", "ConsumerWorker")], detail=True):
+        if actor.state == "DEAD" and actor.name not in {_name(i) for i in range(int(cfg.features.consumer.workers))}:
+            continue
+        out.append(WorkerStatus(actor.name, actor.state, int(actor.num_restarts or 0), actor.pid))
+    return sorted(out, key=lambda w: w.name)
+
+
+def lag(cfg, group_id: str | None = None, timeout: float = 5.0) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> messages not yet committed by the consumer group."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from recsys.services import Kafka
+
+    topics = cfg.services.kafka.topics
+    client = Consumer({"bootstrap.servers": Kafka(cfg).bootstrap,
+                       "group.id": group_id or cfg.features.consumer.group_id, "enable.auto.commit": False})
+    try:
+        metadata = client.list_topics(timeout=timeout)
+        partitions = [TopicPartition(t, p) for t in (topics.events, topics.impressions)
+                      if t in metadata.topics for p in metadata.topics[t].partitions]
+        out = {}
+        for tp in client.committed(partitions, timeout=timeout):
+            low, high = client.get_watermark_offsets(tp, timeout=timeout)
+            committed = tp.offset if tp.offset >= 0 else low
+            out[(tp.topic, tp.partition)] = max(0, high - committed)
+        return out
+    finally:
+        client.close()
