@@ -86,3 +86,18 @@ def test_replaying_events_changes_nothing(store):
     assert store.apply(events, CATEGORY) == 0
     after = store.user_state("u1", now=T0.timestamp()), store.item_counters(["P1"], now=T0.timestamp())
     assert before == after
+
+
+def test_no_user_id_reaches_another_users_keys(store):
+    """Ids that spell key syntax stay inside their own escaped hash tag."""
+    store.apply([ev("product_viewed", "P1", 0, device="mobile")], CATEGORY)
+    before = store.user_state("u1", now=T0.timestamp())
+    hostile = ["u1:views", "u1}:views", "{u1}", "u1%7D", "u1:cart", "u1}", "u1:vec"]
+    events = [Event(type="add_to_cart", user_id=h, sku="C1", ts=T0 + timedelta(minutes=1)) for h in hostile]
+    assert store.apply(events, CATEGORY) == len(hostile)
+    assert store.user_state("u1", now=T0.timestamp()) == before
+    keys = {store.user_key(h) for h in hostile} | {store.user_key("u1")}
+    assert len(keys) == len(hostile) + 1
+    for h in hostile:
+        assert store.user_state(h, now=T0.timestamp()).cart == {"C1"}
+    assert all(k.decode().count("{") == 1 for k in store.r.scan_iter(match=f"{store.p}u:*"))

@@ -118,15 +118,16 @@ def consumer_pids(cfg) -> dict[str, int]:
 
 
 def status(cfg) -> list[WorkerStatus]:
-    from ray.util.state import list_actors
+    """Each configured worker's state and restart count, read from Ray's control store (GCS) directly:
+    the public state API needs the dashboard, which a head may run without."""
+    from ray._private import state
 
     _connect(cfg)
     out = []
-    for actor in list_actors(filters=[("class_name", "=", "ConsumerWorker")], detail=True):
-        if actor.state == "DEAD" and actor.name not in {_name(i) for i in range(int(cfg.features.consumer.workers))}:
-            continue
-        out.append(WorkerStatus(actor.name, actor.state, int(actor.num_restarts or 0), actor.pid))
-    return sorted(out, key=lambda w: w.name)
+    for name, handle in _workers(cfg).items():
+        info = state.actors(actor_id=handle._actor_id.hex())
+        out.append(WorkerStatus(name, info["State"], int(info["NumRestarts"]), info["Pid"] or None))
+    return out
 
 
 def lag(cfg, group_id: str | None = None, timeout: float = 5.0) -> dict[tuple[str, int], int]:
