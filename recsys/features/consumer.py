@@ -66,6 +66,7 @@ class FeatureConsumer:
         self.cfg = cfg
         c = cfg.features.consumer
         self.topics = cfg.services.kafka.topics
+        self.impressions_topic = str(self.topics.impressions)   # a plain str: compared once per message
         self.limits = IntakeLimits.from_config(cfg)
         self.consumer = Consumer({
             "bootstrap.servers": Kafka(cfg).bootstrap,
@@ -93,7 +94,7 @@ class FeatureConsumer:
         stats = BatchStats(messages=len(messages))
         events, impressions, letters = [], [], []
         for m in messages:
-            if m.topic() == self.topics.impressions:
+            if m.topic() == self.impressions_topic:
                 try:
                     impression = json.loads(m.value())
                     if not isinstance(impression, dict):

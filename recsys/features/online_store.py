@@ -3,8 +3,8 @@
 Decayed sums use forward decay in log space: a counter is kept as s = ln(v(t)) + t/tau, so adding
 weight w at time t is a log-sum-exp and the value now is exp(s - now/tau). Scores of different items
 stay comparable without rewriting them (trending is a plain ZSET), events may arrive out of order,
-and nothing overflows. Every write happens in one Lua script per event, guarded by a SET NX on the
-event_id, so replaying events changes nothing. Each applied event also bumps the user's `version`, so
+and nothing overflows. Every write happens in one Lua script call per chunk of events, each event
+guarded by a marker on its event_id, so replaying events changes nothing. Each applied event also bumps the user's `version`, so
 anything derived from the user's state (the response cache) can tell that it is stale.
 """
 
@@ -21,53 +21,77 @@ import redis
 
 from recsys.features.events import Event
 
-APPLY_EVENT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local t = tonumber(ARGV[3])
-local weight = tonumber(ARGV[7])
-if not t or not weight then return redis.error_reply('bad event arguments') end
-local function logadd(old, w, tau)
-  local x = math.log(w) + t / tau
-  if not old then return x end
-  old = tonumber(old)
-  local m = math.max(old, x)
-  return m + math.log(math.exp(old - m) + math.exp(x - m))
+# One call applies a chunk of events. ARGV: the settings (C of them), the windows' decay constants and
+# trending keys, then FIELDS values per event. Each event runs under pcall, so one that fails leaves the
+# others applied, and its dedupe marker is set only after all its writes succeeded. The reply has one
+# entry per event: 1 applied, 0 already seen, or the error text of an event whose writes failed.
+# (Keys are derived inside the script from the per-event user key, which carries the user's hash tag:
+# on a Redis Cluster, chunks would have to be grouped by slot.)
+APPLY_EVENTS = """
+local dedupe_ttl, user_ttl, views_kept = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]) - 1
+local aff_tau, cart_max, bought_max = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local nw = tonumber(ARGV[7])
+local taus, trending = {}, {}
+for w = 1, nw do taus[w] = tonumber(ARGV[7 + w]); trending[w] = ARGV[7 + nw + w] end
+local FIELDS = 11
+
+local function apply_one(o)
+  local seen, u, item = ARGV[o + 1], ARGV[o + 2], ARGV[o + 3]
+  if redis.call('EXISTS', seen) == 1 then return 0 end
+  local kind, sku, ts = ARGV[o + 4], ARGV[o + 5], ARGV[o + 6]
+  local device, geo, category, session = ARGV[o + 7], ARGV[o + 8], ARGV[o + 9], ARGV[o + 11]
+  local t, weight = tonumber(ts), tonumber(ARGV[o + 10])
+  if not t or not weight then error('bad event arguments') end
+  local function logadd(old, w, tau)
+    local x = math.log(w) + t / tau
+    if not old then return x end
+    old = tonumber(old)
+    local m = math.max(old, x)
+    return m + math.log(math.exp(old - m) + math.exp(x - m))
+  end
+  local views, aff, cart, bought = u .. ':views', u .. ':aff', u .. ':cart', u .. ':bought'
+  redis.call('HINCRBY', u, 'version', 1)
+  local last = tonumber(redis.call('HGET', u, 'last_seen') or '0')
+  if t >= last then
+    redis.call('HSET', u, 'last_seen', ts)
+    if device ~= '' then redis.call('HSET', u, 'device', device) end
+    if geo ~= '' then redis.call('HSET', u, 'geo', geo) end
+    if session ~= '' then redis.call('HSET', u, 'session_id', session) end
+  end
+  redis.call('HINCRBY', u, 'n_' .. kind, 1)
+  if kind == 'product_viewed' then
+    redis.call('LPUSH', views, sku .. '|' .. ts)
+    redis.call('LTRIM', views, 0, views_kept)
+  elseif kind == 'add_to_cart' then
+    redis.call('SADD', cart, sku)
+    if redis.call('SCARD', cart) > cart_max then redis.call('SPOP', cart) end
+  else
+    redis.call('SREM', cart, sku)
+    redis.call('ZADD', bought, t, sku)
+    redis.call('ZREMRANGEBYRANK', bought, 0, -1 - bought_max)
+  end
+  if category ~= '' then
+    redis.call('ZADD', aff, logadd(redis.call('ZSCORE', aff, category), weight, aff_tau), category)
+  end
+  for _, key in ipairs({u, views, aff, cart, bought}) do redis.call('EXPIRE', key, user_ttl) end
+  for w = 1, nw do
+    local f = kind .. ':' .. w
+    redis.call('HSET', item, f, logadd(redis.call('HGET', item, f), 1, taus[w]))
+    redis.call('ZADD', trending[w], logadd(redis.call('ZSCORE', trending[w], sku), weight, taus[w]), sku)
+  end
+  -- Marked as seen only once every write above succeeded: an event whose writes failed is retried.
+  redis.call('SET', seen, '1', 'EX', dedupe_ttl)
+  return 1
 end
-local ttl = tonumber(ARGV[9])
-redis.call('HINCRBY', KEYS[2], 'version', 1)
-local last = tonumber(redis.call('HGET', KEYS[2], 'last_seen') or '0')
-if t >= last then
-  redis.call('HSET', KEYS[2], 'last_seen', ARGV[3])
-  if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], 'device', ARGV[4]) end
-  if ARGV[5] ~= '' then redis.call('HSET', KEYS[2], 'geo', ARGV[5]) end
-  if ARGV[12] ~= '' then redis.call('HSET', KEYS[2], 'session_id', ARGV[12]) end
+
+local out = {}
+local first = 7 + 2 * nw
+for o = first, #ARGV - 1, FIELDS do
+  local ok, result = pcall(apply_one, o)
+  if ok then out[#out + 1] = result
+  else out[#out + 1] = type(result) == 'table' and (result.err or 'error') or tostring(result) end
 end
-redis.call('HINCRBY', KEYS[2], 'n_' .. ARGV[1], 1)
-if ARGV[1] == 'product_viewed' then
-  redis.call('LPUSH', KEYS[3], ARGV[2] .. '|' .. ARGV[3])
-  redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[10]) - 1)
-elseif ARGV[1] == 'add_to_cart' then
-  redis.call('SADD', KEYS[5], ARGV[2])
-  if redis.call('SCARD', KEYS[5]) > tonumber(ARGV[13]) then redis.call('SPOP', KEYS[5]) end
-else
-  redis.call('SREM', KEYS[5], ARGV[2])
-  redis.call('ZADD', KEYS[6], t, ARGV[2])
-  redis.call('ZREMRANGEBYRANK', KEYS[6], 0, -1 - tonumber(ARGV[14]))
-end
-if ARGV[6] ~= '' then
-  redis.call('ZADD', KEYS[4], logadd(redis.call('ZSCORE', KEYS[4], ARGV[6]), weight, tonumber(ARGV[11])), ARGV[6])
-end
-for i = 2, 6 do redis.call('EXPIRE', KEYS[i], ttl) end
-local n = (#ARGV - 14)
-for i = 1, n do
-  local tau = tonumber(ARGV[14 + i])
-  local f = ARGV[1] .. ':' .. i
-  redis.call('HSET', KEYS[7], f, logadd(redis.call('HGET', KEYS[7], f), 1, tau))
-  redis.call('ZADD', KEYS[7 + i], logadd(redis.call('ZSCORE', KEYS[7 + i], ARGV[2]), weight, tau), ARGV[2])
-end
--- Marked as seen only once every write above succeeded: an event whose writes failed is retried.
-redis.call('SET', KEYS[1], '1', 'EX', ARGV[8])
-return 1
+return out
 """
 
 
@@ -110,7 +134,7 @@ class OnlineStore:
         self.windows_s = [float(h) * 3600 for h in features_cfg.counter_windows_h]
         self.aff_tau = float(features_cfg.affinity_half_life_h) * 3600 / math.log(2)
         self.weights = dict(features_cfg.event_weights)
-        self._apply = self.r.register_script(APPLY_EVENT)
+        self._apply = self.r.register_script(APPLY_EVENTS)
         self._read_counters = self.r.register_script(READ_COUNTERS)
 
     @classmethod
@@ -133,25 +157,27 @@ class OnlineStore:
         return f"{self.p}i:{sku}"
 
     # writes ------------------------------------------------------------------------------------
-    def apply(self, events: list[Event], category_of: dict[str, str], batch: int = 1000) -> int:
-        """Apply events (each at most once, by event_id); return how many were new."""
-        applied = 0
-        common = [str(int(self.cfg.dedupe_ttl_s)), str(int(self.cfg.user_ttl_s)), str(int(self.cfg.session_views)),
-                  repr(self.aff_tau)]
-        bounds = [str(int(self.cfg.max_cart_items)), str(int(self.cfg.max_purchases_kept))]
-        taus = [repr(w) for w in self.windows_s]
-        trending = [self.trending_key(i) for i in range(len(self.windows_s))]
-        for start in range(0, len(events), batch):
-            pipe = self.r.pipeline(transaction=False)
-            for e in events[start:start + batch]:
-                u = self.user_key(e.user_id)
-                keys = [self.seen_key(e.event_id), u, f"{u}:views", f"{u}:aff", f"{u}:cart", f"{u}:bought",
-                        self.item_key(e.sku), *trending]
-                args = [e.type, e.sku, repr(e.epoch), e.device or "", e.geo or "", category_of.get(e.sku, ""),
-                        repr(self.weights[e.type]), common[0], common[1], common[2], common[3],
-                        e.session_id or "", *bounds, *taus]
-                self._apply(keys=keys, args=args, client=pipe)
-            applied += sum(int(x) for x in pipe.execute())
+    def apply(self, events: list[Event], category_of: dict[str, str], chunk: int = 100) -> int:
+        """Apply events (each at most once, by event_id); return how many were new. The events that
+        could be applied are; if any could not, redis.ResponseError names the first failure."""
+        settings = [int(self.cfg.dedupe_ttl_s), int(self.cfg.user_ttl_s), int(self.cfg.session_views),
+                    repr(self.aff_tau), int(self.cfg.max_cart_items), int(self.cfg.max_purchases_kept),
+                    len(self.windows_s), *[repr(w) for w in self.windows_s],
+                    *[self.trending_key(i) for i in range(len(self.windows_s))]]
+        applied, failures = 0, []
+        for start in range(0, len(events), chunk):
+            args = list(settings)
+            for e in events[start:start + chunk]:
+                args += [self.seen_key(e.event_id), self.user_key(e.user_id), self.item_key(e.sku), e.type, e.sku,
+                         repr(e.epoch), e.device or "", e.geo or "", category_of.get(e.sku, ""),
+                         repr(self.weights[e.type]), e.session_id or ""]
+            for result in self._apply(args=args):
+                if isinstance(result, int):
+                    applied += result
+                else:
+                    failures.append(result.decode() if isinstance(result, bytes) else str(result))
+        if failures:
+            raise redis.ResponseError(f"{failures[0]} ({len(failures)} of {len(events)} events not applied)")
         return applied
 
     def set_bestsellers(self, scores: dict[str, float]) -> None:
