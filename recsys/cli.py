@@ -95,6 +95,35 @@ def _bench(args, cfg) -> int:
     return run_bench(cfg, only=args.only, overrides=args.overrides)
 
 
+def _keys(args, cfg) -> int:
+    import psycopg
+
+    from recsys.auth import create_key, list_keys, revoke_key
+    from recsys.db.migrate import migrate
+    from recsys.services import Postgres
+
+    with psycopg.connect(Postgres(cfg).dsn, autocommit=True, connect_timeout=5) as conn:
+        migrate(conn)  # a database from before the keys table
+        if args.action == "create":
+            record, key = create_key(conn, args.role, args.name or "")
+            print(f"key_id {record.key_id}  role {record.role}  prefix {record.prefix}")
+            print(key)
+            print("shown once: only its hash is stored. Send it as `Authorization: Bearer <key>`.", file=sys.stderr)
+        elif args.action == "list":
+            for k in list_keys(conn):
+                state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active"
+                print(f"{k.key_id:>5}  {k.prefix:<28} {k.role:<12} {state:<24} {k.name}")
+        else:
+            try:
+                record = revoke_key(conn, args.key)
+            except LookupError as exc:
+                print(exc, file=sys.stderr)
+                return 1
+            print(f"revoked key_id {record.key_id} ({record.prefix}, {record.role}); "
+                  f"replicas refuse it within {cfg.auth.cache_ttl_s} s")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="recsys", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -129,6 +158,18 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("demo", help="services up, data, embeddings, consumer, serving, a load test")
     p.set_defaults(run=_demo)
+
+    from recsys.auth.roles import ROLES
+
+    p = sub.add_parser("keys", help="API keys: create --role R [--name N] | list | revoke KEY_ID_OR_PREFIX")
+    actions = p.add_subparsers(dest="action", required=True)
+    a = actions.add_parser("create", help="a new key, printed once")
+    a.add_argument("--role", required=True, choices=ROLES)
+    a.add_argument("--name", default="", help="a label (who or what uses the key)")
+    actions.add_parser("list", help="every key: id, prefix, role, state, name (never the key)")
+    a = actions.add_parser("revoke", help="revoke a key by its id or prefix")
+    a.add_argument("key", help="the key's id or prefix")
+    p.set_defaults(run=_keys)
 
     p = sub.add_parser("bench", help="measure ingestion and HTTP latency; write docs/benchmarks.*")
     p.add_argument("--only", default=None, help="comma-separated benchmark names")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import time
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -54,6 +56,32 @@ def bring_up(cfg, overrides: list[str] | None = None) -> str:
     return url
 
 
+def ensure_demo_keys(cfg) -> tuple[Path, dict[str, str]]:
+    """One API key per role in `<state_dir>/api-keys.json` (mode 0600), kept while they stay valid:
+    a second demo reuses them, and replaces only a key that was revoked or lost."""
+    from recsys.auth import ROLES, create_key, find_key
+    from recsys.services import Postgres
+
+    path = Path(cfg.state_dir) / "api-keys.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        saved = {}
+    keys = {}
+    with psycopg.connect(Postgres(cfg).dsn, autocommit=True) as conn:
+        for role in ROLES:
+            record = find_key(conn, saved[role]) if isinstance(saved.get(role), str) else None
+            keys[role] = saved[role] if record is not None and record.active and record.role == role \
+                else create_key(conn, role, "demo")[1]
+    if keys != saved:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(keys, f, indent=2)
+    os.chmod(path, 0o600)
+    return path, keys
+
+
 def _trained_on_current_data(cfg, kind: str) -> bool:
     from recsys import registry
     from recsys.services import Postgres
@@ -92,11 +120,17 @@ def run_demo(cfg, overrides: list[str]) -> int:
     for surface, surface_paths in paths.items():
         run_load(url, surface_paths[:20], 10, 1)
         print(f"  {surface:<14} " + run_load(url, surface_paths, 50, float(cfg.bench.http_duration_s)).line())
+    step("API keys: one per role (recsys keys create|list|revoke)")
+    keys_path, keys = ensure_demo_keys(cfg)
+    print(f"  {', '.join(keys)} keys in {keys_path} (mode 0600). POST /v1/events needs the storefront key:")
+    print(f"  curl -H \"Authorization: Bearer $(jq -r .storefront {keys_path})\" -H 'Content-Type: application/json' \\\n"
+          f"       -d '{{\"type\": \"product_viewed\", \"user_id\": \"u1\", \"sku\": \"...\"}}' {url}/v1/events")
     step("an event through the API -> Kafka -> consumer -> Redis")
     event = {"type": "product_viewed", "user_id": "demo-user", "sku": paths["pdp_fbt"][0].split("sku=")[1],
              "device": "mobile", "geo": "US-CA", "session_id": "demo-session"}
     print("  POST /v1/events " + json.dumps(event))
-    print("  -> " + httpx.post(f"{url}/v1/events", json=event, timeout=10).text)
+    print("  -> " + httpx.post(f"{url}/v1/events", json=event, timeout=10,
+                               headers={"Authorization": f"Bearer {keys['storefront']}"}).text)
     time.sleep(1.0)
     body = httpx.get(f"{url}/v1/recommendations/homepage_hero?user_id=demo-user", timeout=10).json()
     print(f"  homepage_hero for demo-user now: {[i['sku'] for i in body['items'][:6]]} ...")
@@ -105,5 +139,6 @@ def run_demo(cfg, overrides: list[str]) -> int:
     print(f"  {url}/healthz")
     for surface_paths in paths.values():
         print(f"  {url}{surface_paths[0]}")
+    print(f"  API keys in {keys_path}: .venv/bin/recsys keys list | create --role R | revoke ID")
     print("  .venv/bin/recsys services status | make stop")
     return 0

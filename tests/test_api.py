@@ -25,6 +25,18 @@ def client(world):
 
 
 @pytest.fixture(scope="module")
+def storefront(world):
+    """Headers with a storefront key: POST /v1/events needs one."""
+    import psycopg
+
+    from recsys.auth import create_key
+    from recsys.services import Postgres
+
+    with psycopg.connect(Postgres(world).dsn, autocommit=True) as conn:
+        return {"Authorization": f"Bearer {create_key(conn, 'storefront', 'test_api')[1]}"}
+
+
+@pytest.fixture(scope="module")
 def shopper(world):
     """A user from the history who bought something, with a device that has accessories."""
     from recsys.services import Postgres
@@ -99,14 +111,14 @@ def test_explain_etag_and_bad_requests(client, shopper):
     assert client.get("/openapi.json").json()["info"]["title"] == "recsys"
 
 
-def test_events_are_acknowledged_and_bad_ones_explained(client, shopper):
+def test_events_are_acknowledged_and_bad_ones_explained(client, shopper, storefront):
     good = {"type": "product_viewed", "user_id": "api-user", "sku": shopper["device"]}
-    r = client.post("/v1/events", json=good)
+    r = client.post("/v1/events", json=good, headers=storefront)
     assert r.status_code == 202 and r.json()["accepted"] == 1 and len(r.json()["event_ids"]) == 1
-    r = client.post("/v1/events", json=[good, {"type": "nope", "user_id": "x", "sku": "y"}])
+    r = client.post("/v1/events", json=[good, {"type": "nope", "user_id": "x", "sku": "y"}], headers=storefront)
     assert r.status_code == 202 and r.json()["accepted"] == 1
     assert r.json()["rejected"][0]["index"] == 1 and "type:" in r.json()["rejected"][0]["reason"]
-    r = client.post("/v1/events", json={"user_id": "x"})
+    r = client.post("/v1/events", json={"user_id": "x"}, headers=storefront)
     assert r.status_code == 422 and r.json()["accepted"] == 0
     assert client.get("/healthz").json()["status"] == "ok"
 

@@ -57,6 +57,18 @@ def context(world):
     return device, user
 
 
+@pytest.fixture(scope="module")
+def storefront(world):
+    """Headers with a storefront key: POST /v1/events needs one."""
+    import psycopg
+
+    from recsys.auth import create_key
+    from recsys.services import Postgres
+
+    with psycopg.connect(Postgres(world).dsn, autocommit=True) as conn:
+        return {"Authorization": f"Bearer {create_key(conn, 'storefront', 'test_serve_http')[1]}"}
+
+
 def test_the_topology_is_the_configured_one(served):
     _, topology, deployments = served
     assert set(deployments) == (SPLIT_DEPLOYMENTS if topology == "split" else {"recsys_api"})
@@ -87,9 +99,11 @@ def test_every_surface_over_http(served, context):
         assert [i["explain"]["slot"] for i in explained["items"]] == list(range(1, 13))
 
 
-def test_events_and_openapi(served, context):
+def test_events_and_openapi(served, context, storefront):
     client, _, _ = served
     device, user = context
-    r = client.post("/v1/events", json={"type": "product_viewed", "user_id": user, "sku": device})
+    event = {"type": "product_viewed", "user_id": user, "sku": device}
+    assert client.post("/v1/events", json=event).status_code == 401
+    r = client.post("/v1/events", json=event, headers=storefront)
     assert r.status_code == 202 and r.json()["accepted"] == 1
     assert "/v1/recommendations/{surface}" in client.get("/openapi.json").json()["paths"]

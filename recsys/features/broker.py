@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from typing import Iterable
 
@@ -16,36 +17,59 @@ class DeliveryError(RuntimeError):
 
 
 class EventProducer:
-    def __init__(self, bootstrap: str, topics, linger_ms: int = 2):
+    """One librdkafka producer. `send_events`/`send_dead_letters` wait for their own messages only
+    (several requests share a producer); impressions get a producer of their own (Resources), so a
+    backlog of them never delays or fails an event intake."""
+
+    def __init__(self, bootstrap: str, topics, linger_ms: int = 2, message_timeout_ms: int = 10000):
         self.topics = topics
         self._producer = Producer({
             "bootstrap.servers": bootstrap, "linger.ms": linger_ms, "acks": "all",
-            "enable.idempotence": False, "message.timeout.ms": 10000,
+            "enable.idempotence": False, "message.timeout.ms": int(message_timeout_ms),
             "log_level": 2,  # connection churn is reported through delivery errors instead
         })
 
     def _produce_all(self, messages: Iterable[tuple[str, str, bytes]], timeout: float) -> int:
-        failures: list[str] = []
-        sent = 0
+        """Produce, then serve delivery callbacks until this call's messages are all acknowledged
+        (or failed), without waiting for anyone else's: another thread's poll() may run our callbacks."""
+        lock, done = threading.Lock(), threading.Event()
+        state = {"pending": 0, "produced": False, "failures": []}
 
         def on_delivery(err, _msg):
-            if err is not None:
-                failures.append(str(err))
+            with lock:
+                state["pending"] -= 1
+                if err is not None:
+                    state["failures"].append(str(err))
+                if state["produced"] and state["pending"] == 0:
+                    done.set()
 
+        deadline = time.monotonic() + timeout
+        sent = 0
         for topic, key, value in messages:
             while True:
+                with lock:
+                    state["pending"] += 1
                 try:
                     self._producer.produce(topic, key=key.encode(), value=value, on_delivery=on_delivery)
                     break
                 except BufferError:  # local queue full: let deliveries drain
+                    with lock:
+                        state["pending"] -= 1
+                    if time.monotonic() > deadline:
+                        raise DeliveryError(f"producer queue full for {timeout} s") from None
                     self._producer.poll(0.05)
             sent += 1
-        deadline = time.monotonic() + timeout
-        while self._producer.flush(0.1) > 0:
-            if time.monotonic() > deadline:
-                raise DeliveryError(f"broker did not acknowledge {len(self._producer)} messages in {timeout} s")
-        if failures:
-            raise DeliveryError(f"{len(failures)} of {sent} messages failed: {failures[0]}")
+        with lock:
+            state["produced"] = True
+            if state["pending"] == 0:
+                done.set()
+        while not done.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DeliveryError(f"broker did not acknowledge {state['pending']} of {sent} messages in {timeout} s")
+            self._producer.poll(min(0.05, left))
+        if state["failures"]:
+            raise DeliveryError(f"{len(state['failures'])} of {sent} messages failed: {state['failures'][0]}")
         return sent
 
     def send_events(self, events: list[Event], timeout: float = 10.0) -> int:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Literal
 
 import orjson
-from fastapi import Body, FastAPI, HTTPException, Query, Request, Response
+from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
+from recsys.auth import ROLES, ApiKey, create_key, list_keys, revoke_key
+from recsys.auth.http import require_role
 from recsys.features.events import parse_event
 from recsys.serve.request import RecRequest
 
@@ -41,6 +45,16 @@ def recommender_of(request: Request):
     return _recommender
 
 
+def _resources(request: Request):
+    return recommender_of(request).res
+
+
+# Who may call what (recsys/auth): 401 without a valid key, 403 when its role is not enough.
+storefront_key = require_role("storefront", _resources)
+reader_key = require_role("storefront", _resources, public_when=lambda cfg: bool(cfg.auth.public_recommendations))
+admin_key = require_role("admin", _resources)
+
+
 @api.get("/healthz")
 def healthz(request: Request) -> dict:
     res = recommender_of(request).res
@@ -59,7 +73,8 @@ def healthz(request: Request) -> dict:
     return {"status": "ok" if checks["redis"] and checks["postgres"] else "degraded", "checks": checks}
 
 
-@api.get("/v1/recommendations/{surface}")
+@api.get("/v1/recommendations/{surface}", dependencies=[Depends(reader_key)],
+         description="Public unless `auth.public_recommendations` is false; then a storefront (or admin) key.")
 def recommendations(
     surface: str,
     request: Request,
@@ -96,12 +111,26 @@ def recommendations(
 
 
 @api.post("/v1/events", status_code=202)
-def events(request: Request, payload: dict | list = Body(..., description="one event, or a list of events")):
-    """Validate, then produce to the events topic keyed by user_id; 202 once the broker acknowledged.
-    Invalid events go to the dead-letter topic with their reason and are listed in `rejected`."""
+def events(request: Request, payload: dict | list = Body(..., description="one event, or a list of events"),
+           key: ApiKey = Depends(storefront_key)):
+    """Validate, then produce to the events topic keyed by user_id; 202 once the broker acknowledged
+    this request's events. Invalid events go to the dead-letter topic with their reason and are listed
+    in `rejected`. Needs a storefront (or admin) key.
+
+    - 429 with `Retry-After`: the key sent more events per second than `auth.events_per_s_per_key`
+      allows (a batch counts each of its events).
+    - 503 with `Retry-After`: the broker did not acknowledge within `features.intake.ack_timeout_s`;
+      the answer lists the `event_ids`. Retry with the same `event_id`s: `event_id` is the
+      idempotency key (the consumer applies an event_id once), so a retry never double-counts.
+    """
     raw = payload if isinstance(payload, list) else [payload]
     if len(raw) > MAX_BATCH:
         raise HTTPException(413, f"at most {MAX_BATCH} events per request")
+    res = recommender_of(request).res
+    wait_s = res.event_rate_limiter().acquire(str(key.key_id), len(raw))
+    if wait_s:
+        raise HTTPException(429, f"over {res.cfg.auth.events_per_s_per_key} events/s for this key",
+                            headers={"Retry-After": res.event_rate_limiter().retry_after(wait_s)})
     valid, rejected = [], []
     for index, item in enumerate(raw):
         event, reason = parse_event(item)
@@ -109,15 +138,51 @@ def events(request: Request, payload: dict | list = Body(..., description="one e
             rejected.append({"index": index, "reason": reason})
         else:
             valid.append(event)
-    producer = recommender_of(request).res.event_producer()
+    producer = res.event_producer()
+    intake = res.cfg.features.intake
     try:
         if rejected:
             producer.send_dead_letters([{"reason": r["reason"], "payload": json.dumps(raw[r["index"]], default=str),
-                                         "source": "api"} for r in rejected])
+                                         "source": "api"} for r in rejected], timeout=float(intake.ack_timeout_s))
         if valid:
-            producer.send_events(valid)
-    except Exception as exc:
-        raise HTTPException(503, f"event broker unavailable ({exc}); nothing was accepted, retry") from exc
+            producer.send_events(valid, timeout=float(intake.ack_timeout_s))
+    except Exception as exc:  # DeliveryError, or a producer that cannot start
+        return JSONResponse({"detail": f"event broker unavailable ({exc}); nothing was accepted: retry with the "
+                                       "same event_ids", "event_ids": [e.event_id for e in valid]},
+                            status_code=503, headers={"Retry-After": str(int(intake.retry_after_s))})
     status = 202 if valid or not rejected else 422
     return JSONResponse({"accepted": len(valid), "event_ids": [e.event_id for e in valid], "rejected": rejected},
                         status_code=status)
+
+
+class NewKey(BaseModel):
+    role: Literal[ROLES]
+    name: str = Field("", max_length=128)
+
+
+@api.get("/v1/admin/keys", dependencies=[Depends(admin_key)])
+def admin_list_keys(request: Request) -> list[dict]:
+    """Every API key (never the key itself: its id, prefix, role, name, created and revoked times)."""
+    with _resources(request).pool.connection() as conn:
+        return [k.as_dict() for k in list_keys(conn)]
+
+
+@api.post("/v1/admin/keys", status_code=201, dependencies=[Depends(admin_key)])
+def admin_create_key(request: Request, new: NewKey) -> dict:
+    """A new key; `key` is shown in this answer only (only its hash is stored)."""
+    with _resources(request).pool.connection() as conn:
+        record, key = create_key(conn, new.role, new.name)
+    return {**record.as_dict(), "key": key}
+
+
+@api.delete("/v1/admin/keys/{key_id_or_prefix}", dependencies=[Depends(admin_key)])
+def admin_revoke_key(request: Request, key_id_or_prefix: str) -> dict:
+    """Revoke a key by id or prefix; every replica stops accepting it within `auth.cache_ttl_s`."""
+    res = _resources(request)
+    try:
+        with res.pool.connection() as conn:
+            record = revoke_key(conn, key_id_or_prefix)
+    except LookupError as exc:
+        raise HTTPException(404, str(exc)) from None
+    res.key_verifier().forget()
+    return record.as_dict()

@@ -140,7 +140,7 @@ class Recommender:
 
     def _log_impression(self, req: RecRequest, response: dict) -> None:
         try:
-            self.res.event_producer().send_impression({
+            self.res.impression_producer().send_impression({
                 "request_id": req.request_id, "ts": time.time(), "surface": req.surface, "user_id": req.user_id,
                 "session_id": req.session_id, "context_skus": req.context_skus,
                 "skus": [i["sku"] for i in response["items"]], "sources": [i["source"] for i in response["items"]],

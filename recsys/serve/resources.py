@@ -44,6 +44,9 @@ class Resources:
         self.bestsellers: list[tuple[str, float]] = []
         self._next_refresh = 0.0
         self.producer = None
+        self.impressions = None
+        self._verifier = None
+        self._event_limiter = None
         self._live_models = None
         self._loading = threading.Lock()
         self.refresh(wait=True)
@@ -95,9 +98,42 @@ class Resources:
         return self._live_models
 
     def event_producer(self):
+        """Event intake's producer: a message not acknowledged within `features.intake.ack_timeout_s`
+        expires in the queue, so a broker outage fails requests fast instead of piling them up."""
         if self.producer is None:
             from recsys.features.broker import EventProducer
             from recsys.services import Kafka
 
-            self.producer = EventProducer(Kafka(self.cfg).bootstrap, self.cfg.services.kafka.topics)
+            timeout_ms = int(float(self.cfg.features.intake.ack_timeout_s) * 1000)
+            self.producer = EventProducer(Kafka(self.cfg).bootstrap, self.cfg.services.kafka.topics,
+                                          message_timeout_ms=timeout_ms)
         return self.producer
+
+    def impression_producer(self):
+        """A producer of its own for impressions (fire and forget): their backlog never delays or
+        fails an event intake."""
+        if self.impressions is None:
+            from recsys.features.broker import EventProducer
+            from recsys.services import Kafka
+
+            self.impressions = EventProducer(Kafka(self.cfg).bootstrap, self.cfg.services.kafka.topics, linger_ms=20)
+        return self.impressions
+
+    def key_verifier(self):
+        """API keys checked against Postgres through the serving pool, cached `auth.cache_ttl_s`."""
+        if self._verifier is None:
+            from recsys.auth import Verifier
+
+            a = self.cfg.auth
+            self._verifier = Verifier(lambda: self.pool.connection(timeout=float(a.lookup_timeout_s)),
+                                      float(a.cache_ttl_s), int(a.retry_after_s))
+        return self._verifier
+
+    def event_rate_limiter(self):
+        """Events per second per key, in Redis under the configured key prefix (shared by replicas)."""
+        if self._event_limiter is None:
+            from recsys.auth import RateLimiter
+
+            self._event_limiter = RateLimiter(self.store.r, self.cfg.services.redis.key_prefix,
+                                              float(self.cfg.auth.events_per_s_per_key), float(self.cfg.auth.burst))
+        return self._event_limiter
