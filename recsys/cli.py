@@ -124,6 +124,20 @@ def _keys(args, cfg) -> int:
     return 0
 
 
+def _retention(args, cfg) -> int:
+    import psycopg
+
+    from recsys.db.partitions import apply_retention
+    from recsys.services import Postgres
+
+    days = {"events": int(cfg.retention.events_days), "impressions": int(cfg.retention.impressions_days)}
+    with psycopg.connect(Postgres(cfg).dsn, autocommit=True, connect_timeout=5) as conn:
+        lines = apply_retention(conn, days, dry_run=args.dry_run)
+    print("\n".join(lines) or "nothing to drop or create")
+    print(f"kept: events {days['events']} days, impressions {days['impressions']} days (whole monthly partitions)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="recsys", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -170,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     a = actions.add_parser("revoke", help="revoke a key by its id or prefix")
     a.add_argument("key", help="the key's id or prefix")
     p.set_defaults(run=_keys)
+
+    p = sub.add_parser("retention", help="drop event/impression partitions older than the retention")
+    p.add_argument("--dry-run", action="store_true", help="print what would be dropped, drop nothing")
+    p.set_defaults(run=_retention)
 
     p = sub.add_parser("bench", help="measure ingestion and HTTP latency; write docs/benchmarks.*")
     p.add_argument("--only", default=None, help="comma-separated benchmark names")

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+
+def redact(dsn: str | None) -> str | None:
+    """`dsn` (a Postgres DSN, a Redis URL...) with any password replaced by ***: URL userinfo,
+    `?password=` and key/value `password=`. Print or log a DSN only through this."""
+    if not dsn:
+        return dsn
+    dsn = re.sub(r"(://[^:@/?#\s]*):[^@/?#\s]*@", r"\1:***@", dsn)
+    return re.sub(r"(?i)\b(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]*)", r"\1***", dsn)
 
 
 @dataclass

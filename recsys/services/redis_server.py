@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 
 import redis
 
-from recsys.services.base import Health
+from recsys.services.base import Health, redact
 from recsys.services.process import read_pid, terminate, wait_for
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -36,7 +36,7 @@ class Redis:
         if self._ping():
             return
         if self.host not in LOOPBACK:
-            raise ConnectionError(f"Redis at {self.url} does not answer (external URL: start it there)")
+            raise ConnectionError(f"Redis at {redact(self.url)} does not answer (external URL: start it there)")
         binary = shutil.which("redis-server")
         if binary is None:
             raise FileNotFoundError("redis-server is not installed: apt-get install -y redis-server")
@@ -63,4 +63,4 @@ class Redis:
 
     def health(self) -> Health:
         ok = self._ping()
-        return Health(self.name, ok, self.url, self.managed, "" if ok else "no answer")
+        return Health(self.name, ok, redact(self.url), self.managed, "" if ok else "no answer")
