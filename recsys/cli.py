@@ -20,13 +20,33 @@ def _services(args, cfg) -> int:
         return 0
     else:
         health = services.status(cfg)
-    from recsys.app_processes import running
-
     for h in health:
         print(h.line())
-    for name, pid in running(cfg).items():
-        print(f"{name:<9} up    process   pid {pid}")
+    if args.action == "status":
+        _consumer_status(cfg)
     return 0 if all(h.ok for h in health) else 1
+
+
+def _consumer_status(cfg) -> None:
+    """The consumer actors and the group's lag per partition (what is accepted but not yet stored)."""
+    from recsys import services
+    from recsys.features import supervisor
+
+    if services.Ray(cfg).health().ok:
+        try:
+            workers = supervisor.status(cfg)
+            for w in workers:
+                print(f"consumer  {w.line()}")
+            if not workers:
+                print("consumer  not running (recsys consume starts it)")
+        except Exception as exc:
+            print(f"consumer  unknown ({type(exc).__name__}: {exc})")
+    if services.Kafka(cfg).health().ok:
+        try:
+            lag = supervisor.lag(cfg)
+            print("lag       " + ", ".join(f"{t}/{p} {n}" for (t, p), n in sorted(lag.items())))
+        except Exception as exc:
+            print(f"lag       unknown ({type(exc).__name__})")
 
 
 def _data(args, cfg) -> int:
@@ -44,9 +64,17 @@ def _embed(args, cfg) -> int:
 
 
 def _consume(args, cfg) -> int:
-    from recsys.features.consumer import run_consumer
+    if args.foreground or args.seconds is not None:
+        from recsys.features.consumer import run_consumer
 
-    run_consumer(cfg, max_seconds=args.seconds)
+        run_consumer(cfg, max_seconds=args.seconds)
+        return 0
+    from recsys.features import supervisor
+
+    if args.stop:
+        print("stopped: " + (", ".join(supervisor.stop(cfg)) or "no consumer was running"))
+    else:
+        print("running on Ray (restarted when they crash): " + ", ".join(supervisor.start(cfg)))
     return 0
 
 
@@ -153,8 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("embed", help="embed the catalog's spec text with MiniLM into pgvector")
     p.set_defaults(run=_embed)
 
-    p = sub.add_parser("consume", help="run the feature consumer: events topic -> Redis + event log")
-    p.add_argument("--seconds", type=float, default=None, help="stop after this long (default: run forever)")
+    p = sub.add_parser("consume", help="start the feature consumers (Ray actors): events -> Redis + event log")
+    p.add_argument("--foreground", action="store_true", help="run one consumer in this terminal instead")
+    p.add_argument("--seconds", type=float, default=None, help="in the foreground, stop after this long")
+    p.add_argument("--stop", action="store_true", help="stop the consumers started on Ray")
     p.set_defaults(run=_consume)
 
     p = sub.add_parser("train", help="the training pipeline (same as python -m recsys.train.pipeline)")

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import psycopg
 
-from recsys import app_processes, services
+from recsys import services
 from recsys.bench.loadgen import run_load
 from recsys.bench.requests import sample_paths
 
@@ -47,8 +47,10 @@ def bring_up(cfg, overrides: list[str] | None = None) -> str:
         result = train_ranker(cfg)
         print(f"  {result['version']}: NDCG@12 retrieval order {result['retrieval_order_ndcg@12']:.4f}, "
               f"LightGBM {result['lightgbm_ndcg@12']:.4f}, MLP {result['mlp_ndcg@12']:.4f}")
-    step("feature consumer")
-    print(f"  pid {app_processes.start(cfg, 'consumer', ['consume'], list(overrides or []))}")
+    step("feature consumers (Ray actors, restarted when they crash)")
+    from recsys.features import supervisor
+
+    print("  " + ", ".join(supervisor.start(cfg)))
     t = step("Ray Serve application")
     url = app.deploy(cfg)
     _wait_healthy(url)

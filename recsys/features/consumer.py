@@ -116,6 +116,8 @@ class FeatureConsumer:
         return stats
 
     def _write_events(self, items: Sequence) -> tuple[int, int]:
+        """The log first, then the features: an event the log refuses never reaches Redis. (Writing
+        both at once measured faster, but applied a dead-lettered event to the features.)"""
         events = [e for _, e in items]
         return write_events(self.conn, events), self.store.apply(events, self.category_of)
 

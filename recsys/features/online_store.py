@@ -31,62 +31,75 @@ APPLY_EVENTS = """
 local dedupe_ttl, user_ttl, views_kept = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]) - 1
 local aff_tau, cart_max, bought_max = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local nw = tonumber(ARGV[7])
-local taus, trending = {}, {}
+local taus, trending, fields = {}, {}, {}
 for w = 1, nw do taus[w] = tonumber(ARGV[7 + w]); trending[w] = ARGV[7 + nw + w] end
 local FIELDS = 11
+local TTL_REFRESH = 86400   -- an active user's TTLs are renewed at most daily (and on new keys)
+
+local function logadd(old, w, t, tau)
+  local x = math.log(w) + t / tau
+  if not old then return x end
+  old = tonumber(old)
+  local m = math.max(old, x)
+  return m + math.log(math.exp(old - m) + math.exp(x - m))
+end
 
 local function apply_one(o)
-  local seen, u, item = ARGV[o + 1], ARGV[o + 2], ARGV[o + 3]
+  local seen = ARGV[o + 1]
   if redis.call('EXISTS', seen) == 1 then return 0 end
-  local kind, sku, ts = ARGV[o + 4], ARGV[o + 5], ARGV[o + 6]
-  local device, geo, category, session = ARGV[o + 7], ARGV[o + 8], ARGV[o + 9], ARGV[o + 11]
+  local u, item, kind, sku, ts = ARGV[o + 2], ARGV[o + 3], ARGV[o + 4], ARGV[o + 5], ARGV[o + 6]
+  local category = ARGV[o + 9]
   local t, weight = tonumber(ts), tonumber(ARGV[o + 10])
   if not t or not weight then error('bad event arguments') end
-  local function logadd(old, w, tau)
-    local x = math.log(w) + t / tau
-    if not old then return x end
-    old = tonumber(old)
-    local m = math.max(old, x)
-    return m + math.log(math.exp(old - m) + math.exp(x - m))
-  end
   local views, aff, cart, bought = u .. ':views', u .. ':aff', u .. ':cart', u .. ':bought'
-  redis.call('HINCRBY', u, 'version', 1)
+  local new_user = redis.call('HINCRBY', u, 'version', 1) == 1
   local last = tonumber(redis.call('HGET', u, 'last_seen') or '0')
   if t >= last then
-    redis.call('HSET', u, 'last_seen', ts)
-    if device ~= '' then redis.call('HSET', u, 'device', device) end
-    if geo ~= '' then redis.call('HSET', u, 'geo', geo) end
-    if session ~= '' then redis.call('HSET', u, 'session_id', session) end
+    local update = {'last_seen', ts}
+    for i, name in ipairs({'device', 'geo', 'session_id'}) do
+      local value = ARGV[o + ({7, 8, 11})[i]]
+      if value ~= '' then update[#update + 1] = name; update[#update + 1] = value end
+    end
+    redis.call('HSET', u, unpack(update))
   end
   redis.call('HINCRBY', u, 'n_' .. kind, 1)
+  local renew = new_user or t - last > TTL_REFRESH
   if kind == 'product_viewed' then
-    redis.call('LPUSH', views, sku .. '|' .. ts)
+    if redis.call('LPUSH', views, sku .. '|' .. ts) == 1 then redis.call('EXPIRE', views, user_ttl) end
     redis.call('LTRIM', views, 0, views_kept)
   elseif kind == 'add_to_cart' then
     redis.call('SADD', cart, sku)
     if redis.call('SCARD', cart) > cart_max then redis.call('SPOP', cart) end
+    redis.call('EXPIRE', cart, user_ttl)
   else
     redis.call('SREM', cart, sku)
     redis.call('ZADD', bought, t, sku)
     redis.call('ZREMRANGEBYRANK', bought, 0, -1 - bought_max)
+    redis.call('EXPIRE', bought, user_ttl)
   end
   if category ~= '' then
-    redis.call('ZADD', aff, logadd(redis.call('ZSCORE', aff, category), weight, aff_tau), category)
+    local added = redis.call('ZADD', aff, logadd(redis.call('ZSCORE', aff, category), weight, t, aff_tau), category)
+    if added == 1 then redis.call('EXPIRE', aff, user_ttl) end
   end
-  for _, key in ipairs({u, views, aff, cart, bought}) do redis.call('EXPIRE', key, user_ttl) end
+  if renew then
+    for _, key in ipairs({u, views, aff, cart, bought}) do redis.call('EXPIRE', key, user_ttl) end
+  end
+  for w = 1, nw do fields[w] = kind .. ':' .. w end
+  local counters = redis.call('HMGET', item, unpack(fields, 1, nw))
+  local update = {}
   for w = 1, nw do
-    local f = kind .. ':' .. w
-    redis.call('HSET', item, f, logadd(redis.call('HGET', item, f), 1, taus[w]))
-    redis.call('ZADD', trending[w], logadd(redis.call('ZSCORE', trending[w], sku), weight, taus[w]), sku)
+    update[#update + 1] = fields[w]
+    update[#update + 1] = logadd(counters[w] or nil, 1, t, taus[w])
+    redis.call('ZADD', trending[w], logadd(redis.call('ZSCORE', trending[w], sku), weight, t, taus[w]), sku)
   end
+  redis.call('HSET', item, unpack(update))
   -- Marked as seen only once every write above succeeded: an event whose writes failed is retried.
   redis.call('SET', seen, '1', 'EX', dedupe_ttl)
   return 1
 end
 
 local out = {}
-local first = 7 + 2 * nw
-for o = first, #ARGV - 1, FIELDS do
+for o = 7 + 2 * nw, #ARGV - 1, FIELDS do
   local ok, result = pcall(apply_one, o)
   if ok then out[#out + 1] = result
   else out[#out + 1] = type(result) == 'table' and (result.err or 'error') or tostring(result) end
