@@ -13,20 +13,79 @@ from pydantic import BaseModel, Field
 
 from recsys.auth import ROLES, ApiKey, create_key, list_keys, revoke_key
 from recsys.auth.http import require_role
-from recsys.features.events import parse_event
+from recsys.features.events import PRINTABLE, IntakeLimits, parse_event
+from recsys.serve.limits import DEFAULT_MAX_BODY_BYTES, BodySizeLimit, sku_list
 from recsys.serve.request import RecRequest
 
 MAX_BATCH = 1000
+
+
+# What each operation may answer, declared in the OpenAPI document (the fuzz test holds every answer to it).
+class ErrorAnswer(BaseModel):
+    """A refusal or failure: `detail` is a sentence, or a list of {loc, msg, type} naming bad fields."""
+    detail: str | list[dict]
+
+
+class RecommendedItem(BaseModel):
+    sku: str
+    score: float
+    source: str
+    reasons: list[str]
+    explain: dict | None = None
+
+
+class Recommendations(BaseModel):
+    request_id: str
+    surface: str
+    model_version: str | None
+    rule_set_version: str | None
+    items: list[RecommendedItem]
+    degraded: list[str] = Field(description="stages or sources left out of this answer (a dead dependency, a budget)")
+
+
+class RejectedEvent(BaseModel):
+    index: int
+    reason: str
+
+
+class EventsAnswer(BaseModel):
+    accepted: int
+    event_ids: list[str]
+    rejected: list[RejectedEvent]
+
+
+class EventsRefused(BaseModel):
+    """Every event invalid (`accepted` 0, each reason in `rejected`), or a body that is no event at all (`detail`)."""
+    accepted: int | None = None
+    event_ids: list[str] | None = None
+    rejected: list[RejectedEvent] | None = None
+    detail: str | list[dict] | None = None
+
+
+class EventsUnavailable(BaseModel):
+    """Nothing was accepted: retry later (Retry-After) with the same event_ids."""
+    detail: str
+    event_ids: list[str] | None = None
+
+
+_ERROR_TEXT = {400: "the body is not readable JSON, or its Content-Length is not a number",
+               401: "no valid API key", 403: "the key's role may not do this", 404: "not found",
+               413: "request body over serve.max_body_bytes", 422: "a parameter or the body breaks a rule",
+               429: "over the key's rate limit (see Retry-After)",
+               503: "a dependency is unavailable or the replica is starting (see Retry-After)"}
+
+
+def _answers(*codes: int, **models) -> dict:
+    """OpenAPI `responses` for these status codes: ErrorAnswer unless `models` names another (`_202=...`)."""
+    return {code: {"model": models.get(f"_{code}", ErrorAnswer), "description": _ERROR_TEXT.get(code, "")}
+            for code in codes}
+
 
 api = FastAPI(
     title="recsys",
     version="0.1.0",
     description="Session-aware recommendations for homepage_hero, pdp_fbt and cart_upsell, and event intake.",
 )
-
-
-def _csv(value: str | None) -> list[str]:
-    return [s for s in (value or "").split(",") if s]
 
 
 _recommender = None
@@ -37,6 +96,13 @@ def set_recommender(recommender) -> None:
     because Serve runs its own copy of `api`, not the object this module holds."""
     global _recommender
     _recommender = recommender
+
+
+def _max_body_bytes() -> int:
+    return int(_recommender.cfg.serve.max_body_bytes) if _recommender is not None else DEFAULT_MAX_BODY_BYTES
+
+
+api.add_middleware(BodySizeLimit, limit=_max_body_bytes)
 
 
 def recommender_of(request: Request):
@@ -55,7 +121,7 @@ reader_key = require_role("storefront", _resources, public_when=lambda cfg: bool
 admin_key = require_role("admin", _resources)
 
 
-@api.get("/healthz")
+@api.get("/healthz", responses=_answers(503))
 def healthz(request: Request) -> dict:
     res = recommender_of(request).res
     checks = {}
@@ -74,16 +140,19 @@ def healthz(request: Request) -> dict:
 
 
 @api.get("/v1/recommendations/{surface}", dependencies=[Depends(reader_key)],
+         responses={200: {"model": Recommendations}, 304: {"description": "not modified (If-None-Match)"},
+                    **_answers(401, 403, 404, 422, 503)},
          description="Public unless `auth.public_recommendations` is false; then a storefront (or admin) key.")
 def recommendations(
     surface: str,
     request: Request,
-    user_id: str | None = Query(None, max_length=128),
-    session_id: str | None = Query(None, max_length=128),
-    sku: str | None = Query(None, description="the SKU on the page (comma-separated for several)"),
-    cart: str | None = Query(None, description="comma-separated SKUs in the cart"),
-    device: str | None = Query(None, max_length=32),
-    geo: str | None = Query(None, max_length=16),
+    user_id: str | None = Query(None, min_length=1, max_length=128, pattern=PRINTABLE),
+    session_id: str | None = Query(None, min_length=1, max_length=128, pattern=PRINTABLE),
+    sku: str | None = Query(None, max_length=4096, pattern=PRINTABLE,
+                            description="the SKU on the page (comma-separated for several)"),
+    cart: str | None = Query(None, max_length=4096, pattern=PRINTABLE, description="comma-separated SKUs in the cart"),
+    device: str | None = Query(None, max_length=32, pattern=PRINTABLE),
+    geo: str | None = Query(None, max_length=16, pattern=PRINTABLE),
     k: int = Query(12, ge=1, le=50),
     explain: bool = False,
 ) -> Response:
@@ -91,7 +160,9 @@ def recommendations(
     cfg = recommender.cfg
     if surface not in cfg.surfaces:
         raise HTTPException(404, f"unknown surface {surface!r}; known: {', '.join(cfg.surfaces)}")
-    req = RecRequest(surface=surface, user_id=user_id, session_id=session_id, skus=_csv(sku), cart=_csv(cart),
+    most = int(cfg.serve.max_context_skus)
+    req = RecRequest(surface=surface, user_id=user_id, session_id=session_id, skus=sku_list("sku", sku, most),
+                     cart=sku_list("cart", cart, most),
                      device=device, geo=geo, k=k, explain=explain)
     needs = cfg.surfaces[surface].needs
     if "sku" in needs and not req.skus:
@@ -110,7 +181,8 @@ def recommendations(
                     headers=headers)
 
 
-@api.post("/v1/events", status_code=202)
+@api.post("/v1/events", status_code=202, responses={202: {"model": EventsAnswer}, **_answers(
+    400, 401, 403, 413, 422, 429, 503, _422=EventsRefused, _503=EventsUnavailable)})
 def events(request: Request, payload: dict | list = Body(..., description="one event, or a list of events"),
            key: ApiKey = Depends(storefront_key)):
     """Validate, then produce to the events topic keyed by user_id; 202 once the broker acknowledged
@@ -131,9 +203,9 @@ def events(request: Request, payload: dict | list = Body(..., description="one e
     if wait_s:
         raise HTTPException(429, f"over {res.cfg.auth.events_per_s_per_key} events/s for this key",
                             headers={"Retry-After": res.event_rate_limiter().retry_after(wait_s)})
-    valid, rejected = [], []
+    valid, rejected, limits = [], [], IntakeLimits.from_config(res.cfg)
     for index, item in enumerate(raw):
-        event, reason = parse_event(item)
+        event, reason = parse_event(item, limits)
         if event is None:
             rejected.append({"index": index, "reason": reason})
         else:
@@ -160,14 +232,15 @@ class NewKey(BaseModel):
     name: str = Field("", max_length=128)
 
 
-@api.get("/v1/admin/keys", dependencies=[Depends(admin_key)])
+@api.get("/v1/admin/keys", dependencies=[Depends(admin_key)], responses=_answers(401, 403, 503))
 def admin_list_keys(request: Request) -> list[dict]:
     """Every API key (never the key itself: its id, prefix, role, name, created and revoked times)."""
     with _resources(request).pool.connection() as conn:
         return [k.as_dict() for k in list_keys(conn)]
 
 
-@api.post("/v1/admin/keys", status_code=201, dependencies=[Depends(admin_key)])
+@api.post("/v1/admin/keys", status_code=201, dependencies=[Depends(admin_key)],
+          responses=_answers(400, 401, 403, 413, 422, 503))
 def admin_create_key(request: Request, new: NewKey) -> dict:
     """A new key; `key` is shown in this answer only (only its hash is stored)."""
     with _resources(request).pool.connection() as conn:
@@ -175,7 +248,8 @@ def admin_create_key(request: Request, new: NewKey) -> dict:
     return {**record.as_dict(), "key": key}
 
 
-@api.delete("/v1/admin/keys/{key_id_or_prefix}", dependencies=[Depends(admin_key)])
+@api.delete("/v1/admin/keys/{key_id_or_prefix}", dependencies=[Depends(admin_key)],
+            responses=_answers(401, 403, 404, 422, 503))
 def admin_revoke_key(request: Request, key_id_or_prefix: str) -> dict:
     """Revoke a key by id or prefix; every replica stops accepting it within `auth.cache_ttl_s`."""
     res = _resources(request)
