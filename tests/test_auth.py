@@ -246,6 +246,22 @@ def test_postgres_outage_keeps_cached_keys_and_answers_503_for_others(world, sku
             res.pool = healthy
 
 
+def test_admin_endpoints_answer_503_not_500_while_postgres_is_down(world, keys):
+    from psycopg_pool import ConnectionPool
+
+    with client_for("auth.cache_ttl_s=60") as c:
+        assert c.get("/v1/admin/keys", headers=bearer(keys["admin"])).status_code == 200   # the key is cached
+        res = c.recommender.res
+        healthy, res.pool = res.pool, ConnectionPool(f"postgresql://postgres@{dead_address()}/none", min_size=0,
+                                                     max_size=1, open=True, timeout=1, kwargs={"connect_timeout": 1})
+        try:
+            r = c.get("/v1/admin/keys", headers=bearer(keys["admin"]))
+            assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1, r.text
+        finally:
+            res.pool.close()
+            res.pool = healthy
+
+
 def test_a_dead_broker_answers_503_with_retry_after_within_the_ack_timeout(world, keys, sku):
     with client_for(f"services.kafka.bootstrap={dead_address()}") as c:
         sent = event(sku, event_id=f"retry-me-{uuid.uuid4().hex}")

@@ -119,7 +119,8 @@ class FeatureConsumer:
         """The log first, then the features: an event the log refuses never reaches Redis. (Writing
         both at once measured faster, but applied a dead-lettered event to the features.)"""
         events = [e for _, e in items]
-        return write_events(self.conn, events), self.store.apply(events, self.category_of)
+        return (write_events(self.conn, events, int(self.cfg.features.dedupe_ttl_s)),
+                self.store.apply(events, self.category_of))
 
     def _write_impressions(self, items: Sequence) -> int:
         return write_impressions(self.conn, [i for _, i in items])

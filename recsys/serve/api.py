@@ -7,8 +7,10 @@ import json
 from typing import Literal
 
 import orjson
+import psycopg
 from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
+from psycopg_pool import PoolTimeout
 from pydantic import BaseModel, Field
 
 from recsys.auth import ROLES, ApiKey, create_key, list_keys, revoke_key
@@ -103,6 +105,15 @@ def _max_body_bytes() -> int:
 
 
 api.add_middleware(BodySizeLimit, limit=_max_body_bytes)
+
+
+@api.exception_handler(psycopg.OperationalError)
+@api.exception_handler(PoolTimeout)
+def _postgres_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """An endpoint that needs Postgres (the admin ones) while it is down: 503, never a 500."""
+    retry = int(_recommender.cfg.auth.retry_after_s) if _recommender is not None else 5
+    return JSONResponse({"detail": f"postgres unavailable ({type(exc).__name__}); retry"}, status_code=503,
+                        headers={"Retry-After": str(retry)})
 
 
 def recommender_of(request: Request):
