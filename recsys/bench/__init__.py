@@ -1,7 +1,8 @@
 """`make bench`: ingestion throughput and freshness; the serving pipeline in-process (the floor); the
-ANN query alone; HTTP latency per surface for each topology. Written to docs/benchmarks.*
+ANN query alone; HTTP latency per surface for each topology; a soak and chaos faults under a mixed load
+(docs/reliability.md). Written to docs/benchmarks.*
 
-`recsys bench --only floor,ann` runs some of them: models, ingest, floor, ann, http.
+`recsys bench --only floor,ann` runs some of them: models, ingest, floor, ann, http, soak, chaos.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 from recsys.bench.report import DOCS, record
 
 COMMAND = "make bench"
-PARTS = ("models", "ingest", "floor", "ann", "http")
+PARTS = ("models", "ingest", "floor", "ann", "http", "soak", "chaos")
 
 
 def run_bench(cfg, only: str | None = None, docs: Path = DOCS, overrides: list[str] | None = None) -> int:
@@ -25,7 +26,7 @@ def run_bench(cfg, only: str | None = None, docs: Path = DOCS, overrides: list[s
     if wanted - set(PARTS):
         raise SystemExit(f"unknown benchmark(s) {sorted(wanted - set(PARTS))}; known: {', '.join(PARTS)}")
     b = cfg.bench
-    bring_up(cfg, overrides)
+    url = bring_up(cfg, overrides) if wanted - {"chaos"} else None   # chaos brings up a stack of its own
     if "models" in wanted:  # the live models' offline metrics, as their training jobs measured them
         from recsys.bench.models import record_models
 
@@ -42,5 +43,15 @@ def run_bench(cfg, only: str | None = None, docs: Path = DOCS, overrides: list[s
         record(bench_ann(cfg, int(b.ann_queries), int(b.ann_k)), COMMAND, docs)
     if "http" in wanted:
         record(http.bench_http(cfg, paths), COMMAND, docs)
+    if "soak" in wanted:  # the running stack, at a share of the saturation rate the HTTP part measured
+        from recsys.bench.soak import bench_soak
+
+        print("\n== soak: the mixed load on the running stack")
+        record(bench_soak(cfg, url, docs), COMMAND, docs)
+    if "chaos" in wanted:  # a stack of its own: its services are the ones killed
+        from recsys.bench.chaos import bench_chaos
+
+        print("\n== chaos: faults one after another under the mixed load")
+        record(bench_chaos(cfg, overrides), COMMAND, docs)
     print(f"written: {docs / 'benchmarks.md'}, {docs / 'benchmarks.json'}")
     return 0
