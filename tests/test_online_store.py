@@ -73,7 +73,7 @@ def test_trending_orders_by_decayed_activity_even_out_of_order(store):
     old = [ev("product_viewed", "C2", -600 * 60 + i) for i in range(10)]
     recent = [ev("product_viewed", "P1", -5), ev("add_to_cart", "P1", -4)]
     store.apply(recent + old, CATEGORY)
-    top = store.trending(2, window_index=1, now=T0.timestamp())
+    top = store.trending(2, now=T0.timestamp())
     assert [sku for sku, _ in top] == ["P1", "C2"]
     assert top[0][1] == pytest.approx(sum(store.weights[t] * math.exp(-m * 60 / 86400) for t, m in
                                           (("product_viewed", 5), ("add_to_cart", 4))), rel=1e-6)

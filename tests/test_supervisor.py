@@ -37,24 +37,24 @@ def test_a_killed_consumer_is_restarted_and_ingestion_resumes(world, pg):
         return bool(in_log) and store.r.exists(store.seen_key(event.event_id)) == 1
 
     try:
-        assert supervisor.start(cfg) == ["feature-consumer-0"]
-        assert supervisor.start(cfg) == ["feature-consumer-0"]            # idempotent: still one worker
+        assert supervisor.start(cfg) == [f"s-{tag}-0"]
+        assert supervisor.start(cfg) == [f"s-{tag}-0"]            # idempotent: still one worker
         first = Event(type="product_viewed", user_id=f"sup-{tag}", sku=sku)
         producer.send_events([first])
         wait(lambda: ingested(first), 60, "the first event")
 
-        pid = supervisor.consumer_pids(cfg)["feature-consumer-0"]
+        pid = supervisor.consumer_pids(cfg)[f"s-{tag}-0"]
         os.kill(pid, signal.SIGKILL)
         after_kill = Event(type="add_to_cart", user_id=f"sup-{tag}", sku=sku, price=5.0)
         producer.send_events([after_kill])
         took = wait(lambda: ingested(after_kill), 60, "an event sent after the kill")
         print(f"ingested {took:.1f} s after the consumer was killed")
 
-        assert supervisor.consumer_pids(cfg)["feature-consumer-0"] != pid
+        assert supervisor.consumer_pids(cfg)[f"s-{tag}-0"] != pid
         worker, = supervisor.status(cfg)
         assert worker.state == "ALIVE" and worker.restarts >= 1
         wait(lambda: sum(supervisor.lag(cfg).values()) == 0, 30, "the lag to drain")
         assert pg.execute("SELECT count(*) FROM events WHERE user_id = %s", (f"sup-{tag}",)).fetchone()[0] == 2
     finally:
-        assert supervisor.stop(cfg) == ["feature-consumer-0"]
+        assert supervisor.stop(cfg) == [f"s-{tag}-0"]
         store.delete_all()

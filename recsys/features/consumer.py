@@ -1,7 +1,9 @@
 """The feature consumer: events topic -> Redis online features + Postgres event log; bad events -> DLQ.
 
-Offsets are committed only after both writes succeeded. Both writes are idempotent by event_id, so
-a crash between them is healed by the replay that follows.
+A batch goes through two stages, the Postgres log (and impressions), then the Redis features; while
+one batch is in Redis the next is validated and logged (`run`). Offsets are committed only after both
+stages. Both writes are idempotent by event_id, so a crash between them is healed by the replay
+that follows.
 
 One message must never stop the consumer. A write that fails because of the data (a Postgres data or
 integrity error, a Redis script error) splits its batch and retries each half, down to the single
@@ -15,12 +17,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import psycopg
 import redis
-from confluent_kafka import Consumer, KafkaError
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from recsys.features import dead_letters
 from recsys.features.broker import EventProducer
@@ -59,6 +62,24 @@ class BatchStats:
     impressions: int = 0
 
 
+@dataclass
+class Batch:
+    """One consumed batch on its way through the log stage and the features stage."""
+
+    messages: list
+    stats: BatchStats
+    events: list = field(default_factory=list)            # (message, event) pairs the log accepted
+    letters: list[DeadLetter] = field(default_factory=list)
+
+    def offsets(self) -> list[TopicPartition]:
+        """What to commit once the batch is stored: past its last message in each partition."""
+        last: dict[tuple[str, int], int] = {}
+        for m in self.messages:
+            key = (m.topic(), m.partition())
+            last[key] = max(last.get(key, -1), m.offset())
+        return [TopicPartition(topic, partition, offset + 1) for (topic, partition), offset in last.items()]
+
+
 class FeatureConsumer:
     def __init__(self, cfg, group_id: str | None = None, redis_prefix: str | None = None):
         from recsys.services import Kafka, Postgres
@@ -89,10 +110,11 @@ class FeatureConsumer:
                 self.category_of[sku] = row[0]
         return sku in self.category_of
 
-    def process(self, messages) -> BatchStats:
-        """Validate and write one batch; the caller commits offsets afterwards."""
-        stats = BatchStats(messages=len(messages))
-        events, impressions, letters = [], [], []
+    # The two stages of a batch: the log (and impressions) in Postgres, then the features in Redis. ---
+    def log_stage(self, messages) -> "Batch":
+        """Validate the batch and write the event log and the impressions; what fails becomes a letter."""
+        batch = Batch(messages=messages, stats=BatchStats(messages=len(messages)))
+        events, impressions = [], []
         for m in messages:
             if m.topic() == self.impressions_topic:
                 try:
@@ -101,35 +123,52 @@ class FeatureConsumer:
                         raise ValueError(f"an impression is a JSON object, not {type(impression).__name__}")
                     impressions.append((m, impression))
                 except (ValueError, TypeError) as exc:
-                    letters.append(DeadLetter.of_message(m, f"impression: {exc}"))
+                    batch.letters.append(DeadLetter.of_message(m, f"impression: {exc}"))
                 continue
             event, reason = parse_event(m.value(), self.limits)
             if event is not None and not self._known(event.sku):
                 event, reason = None, f"sku: unknown SKU {event.sku!r}"
             if event is None:
-                letters.append(DeadLetter.of_message(m, reason))
+                batch.letters.append(DeadLetter.of_message(m, reason))
             else:
                 events.append((m, event))
-        stats.logged, stats.applied = self._isolated(events, self._write_events, letters, (0, 0))
-        stats.impressions = self._isolated(impressions, self._write_impressions, letters, 0)
-        stats.dead = self._send_dead_letters(letters)
-        return stats
+        batch.stats.logged = self._isolated(events, self._write_log, batch.letters)
+        batch.stats.impressions = self._isolated(impressions, self._write_impressions, batch.letters)
+        refused = {l.letter_id for l in batch.letters}
+        batch.events = [(m, e) for m, e in events if DeadLetter.id_of(m) not in refused]
+        return batch
 
-    def _write_events(self, items: Sequence) -> tuple[int, int]:
-        """The log first, then the features: an event the log refuses never reaches Redis. (Writing
-        both at once measured faster, but applied a dead-lettered event to the features.)"""
-        events = [e for _, e in items]
-        return (write_events(self.conn, events, int(self.cfg.features.dedupe_ttl_s)),
-                self.store.apply(events, self.category_of))
+    def features_stage(self, batch: "Batch") -> "Batch":
+        """Apply the logged events to Redis (an event the log refused never gets here)."""
+        batch.stats.applied = self._isolated(batch.events, self._write_features, batch.letters)
+        return batch
+
+    def finish(self, batch: "Batch") -> BatchStats:
+        """Dead letters out, then the batch's offsets committed: its messages are stored or lettered."""
+        batch.stats.dead = self._send_dead_letters(batch.letters)
+        self.consumer.commit(offsets=batch.offsets(), asynchronous=False)
+        return batch.stats
+
+    def process(self, messages) -> BatchStats:
+        """Validate and write one batch through both stages; the caller commits offsets afterwards."""
+        batch = self.features_stage(self.log_stage(messages))
+        batch.stats.dead = self._send_dead_letters(batch.letters)
+        return batch.stats
+
+    def _write_log(self, items: Sequence) -> int:
+        return write_events(self.conn, [e for _, e in items], int(self.cfg.features.dedupe_ttl_s))
+
+    def _write_features(self, items: Sequence) -> int:
+        return self.store.apply([e for _, e in items], self.category_of)
 
     def _write_impressions(self, items: Sequence) -> int:
         return write_impressions(self.conn, [i for _, i in items])
 
-    def _isolated(self, items: Sequence, write: Callable, letters: list[DeadLetter], zero):
+    def _isolated(self, items: Sequence, write: Callable, letters: list[DeadLetter]) -> int:
         """`write(items)`; when the data makes it fail, halve and retry until the bad messages stand alone,
-        then turn each into a dead letter. Returns the (summed) results of the writes that succeeded."""
+        then turn each into a dead letter. Returns the summed results of the writes that succeeded."""
         if not items:
-            return zero
+            return 0
         try:
             return write(items)
         except Exception as exc:
@@ -139,11 +178,9 @@ class FeatureConsumer:
                 message = items[0][0]
                 log.warning("dead letter at %s/%d/%d: %s", message.topic(), message.partition(), message.offset(), exc)
                 letters.append(DeadLetter.of_message(message, f"not storable: {type(exc).__name__}: {exc}"))
-                return zero
+                return 0
         mid = len(items) // 2
-        first = self._isolated(items[:mid], write, letters, zero)
-        second = self._isolated(items[mid:], write, letters, zero)
-        return tuple(a + b for a, b in zip(first, second)) if isinstance(zero, tuple) else first + second
+        return self._isolated(items[:mid], write, letters) + self._isolated(items[mid:], write, letters)
 
     def _send_dead_letters(self, letters: list[DeadLetter]) -> int:
         """Record the letters once each, publish those not yet on the topic; return how many were new."""
@@ -153,7 +190,8 @@ class FeatureConsumer:
             dead_letters.mark_published(self.conn, pending)
         return len(pending)
 
-    def poll_once(self, timeout: float | None = None) -> BatchStats:
+    # Consuming -----------------------------------------------------------------------------------
+    def _consume(self, timeout: float | None = None) -> list:
         c = self.cfg.features.consumer
         raw = self.consumer.consume(int(c.batch_size), timeout if timeout is not None else float(c.poll_timeout_s))
         messages = []
@@ -162,11 +200,31 @@ class FeatureConsumer:
                 messages.append(m)
             elif m.error().code() != KafkaError._PARTITION_EOF:
                 log.warning("broker error: %s", m.error())
+        return messages
+
+    def poll_once(self, timeout: float | None = None) -> BatchStats:
+        """One batch, both stages, committed: simple and synchronous (tests, tools)."""
+        messages = self._consume(timeout)
         if not messages:
             return BatchStats()
-        stats = self.process(messages)
-        self.consumer.commit(asynchronous=False)
-        return stats
+        return self.finish(self.features_stage(self.log_stage(messages)))
+
+    def run(self, running: Callable[[], bool], on_batch: Callable[[BatchStats], None] = lambda stats: None) -> None:
+        """Consume while `running()`, pipelined: batch N's Redis stage runs on a thread of its own while
+        batch N+1 is read, validated and logged, so the two servers work at once. Order is kept (one
+        Redis stage at a time, in batch order) and batch N is committed only after both its stages."""
+        with ThreadPoolExecutor(1, thread_name_prefix="features") as features:
+            pending = None
+            while running():
+                messages = self._consume()
+                batch = self.log_stage(messages) if messages else None
+                if pending is not None:
+                    on_batch(self.finish(pending.result()))   # an outage in it raises here
+                    pending = None
+                if batch is not None:
+                    pending = features.submit(self.features_stage, batch)
+            if pending is not None:
+                on_batch(self.finish(pending.result()))
 
     def close(self) -> None:
         self.consumer.close()
@@ -188,11 +246,13 @@ def run_consumer(cfg, max_seconds: float | None = None, stop: Callable[[], bool]
         try:
             consumer = FeatureConsumer(cfg)
             log.info("feature consumer running")
-            while running():
-                stats = consumer.poll_once()
-                if stats.messages:
-                    log.info("batch: %s", stats)
+
+            def on_batch(stats: BatchStats) -> None:
+                nonlocal backoff
+                log.info("batch: %s", stats)
                 backoff = 1.0
+
+            consumer.run(running, on_batch)
         except KeyboardInterrupt:
             return
         except Exception:  # a dependency failed: rejoin and resume from the committed offsets

@@ -24,11 +24,16 @@ class DeadLetter:
     offset: int | None = None
     user_id: str | None = None
 
+    @staticmethod
+    def id_of(message) -> str:
+        """A Kafka message's letter id: where it sits on the broker."""
+        return f"{message.topic()}:{message.partition()}:{message.offset()}"
+
     @classmethod
     def of_message(cls, message, reason: str) -> "DeadLetter":
         """A letter for a Kafka message, identified by where it sits on the broker."""
         key = (message.key() or b"").decode("utf-8", "replace")
-        return cls(letter_id=f"{message.topic()}:{message.partition()}:{message.offset()}", reason=reason,
+        return cls(letter_id=cls.id_of(message), reason=reason,
                    payload=message.value() or b"", topic=message.topic(), partition=message.partition(),
                    offset=message.offset(), user_id=key)
 

@@ -21,8 +21,9 @@ from omegaconf import OmegaConf
 NAMESPACE = "recsys"
 
 
-def _name(index: int) -> str:
-    return f"feature-consumer-{index}"
+def _name(cfg, index: int) -> str:
+    """One actor per group member: `<group id>-<index>`, so a benchmark's group never meets the live one."""
+    return f"{cfg.features.consumer.group_id}-{index}"
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=4)
@@ -34,7 +35,7 @@ class ConsumerWorker:
         from recsys.features.consumer import run_consumer
 
         cfg = OmegaConf.create(cfg_dict)
-        log_file = Path(cfg.state_dir) / "logs" / f"{_name(index)}.log"
+        log_file = Path(cfg.state_dir) / "logs" / f"{_name(cfg, index)}.log"
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(log_file)
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s", "%H:%M:%S"))
@@ -81,10 +82,10 @@ def start(cfg) -> list[str]:
     cfg_dict = OmegaConf.to_container(cfg, resolve=True)
     names = []
     for index in range(int(cfg.features.consumer.workers)):
-        worker = ConsumerWorker.options(name=_name(index), namespace=NAMESPACE, lifetime="detached",
+        worker = ConsumerWorker.options(name=_name(cfg, index), namespace=NAMESPACE, lifetime="detached",
                                         get_if_exists=True).remote(cfg_dict, index)
         ray.get(worker.pid.remote(), timeout=120)
-        names.append(_name(index))
+        names.append(_name(cfg, index))
     return names
 
 
@@ -92,7 +93,7 @@ def _workers(cfg) -> dict[str, "ray.actor.ActorHandle"]:
     out = {}
     for index in range(int(cfg.features.consumer.workers)):
         try:
-            out[_name(index)] = ray.get_actor(_name(index), namespace=NAMESPACE)
+            out[_name(cfg, index)] = ray.get_actor(_name(cfg, index), namespace=NAMESPACE)
         except ValueError:
             pass
     return out
@@ -130,24 +131,41 @@ def status(cfg) -> list[WorkerStatus]:
     return out
 
 
-def lag(cfg, group_id: str | None = None, timeout: float = 5.0) -> dict[tuple[str, int], int]:
-    """(topic, partition) -> messages not yet committed by the consumer group."""
-    from confluent_kafka import Consumer, TopicPartition
+class LagProbe:
+    """The consumer group's lag, read with one long-lived client (a benchmark polls it)."""
 
-    from recsys.services import Kafka
+    def __init__(self, cfg, group_id: str | None = None, timeout: float = 5.0):
+        from confluent_kafka import Consumer
 
-    topics = cfg.services.kafka.topics
-    client = Consumer({"bootstrap.servers": Kafka(cfg).bootstrap,
-                       "group.id": group_id or cfg.features.consumer.group_id, "enable.auto.commit": False})
-    try:
-        metadata = client.list_topics(timeout=timeout)
-        partitions = [TopicPartition(t, p) for t in (topics.events, topics.impressions)
-                      if t in metadata.topics for p in metadata.topics[t].partitions]
+        from recsys.services import Kafka
+
+        self.topics = [str(cfg.services.kafka.topics.events), str(cfg.services.kafka.topics.impressions)]
+        self.timeout = timeout
+        self.client = Consumer({"bootstrap.servers": Kafka(cfg).bootstrap, "enable.auto.commit": False,
+                                "group.id": group_id or cfg.features.consumer.group_id})
+
+    def read(self) -> dict[tuple[str, int], int]:
+        """(topic, partition) -> messages not yet committed by the group."""
+        from confluent_kafka import TopicPartition
+
+        metadata = self.client.list_topics(timeout=self.timeout)
+        partitions = [TopicPartition(t, p) for t in self.topics if t in metadata.topics
+                      for p in metadata.topics[t].partitions]
         out = {}
-        for tp in client.committed(partitions, timeout=timeout):
-            low, high = client.get_watermark_offsets(tp, timeout=timeout)
+        for tp in self.client.committed(partitions, timeout=self.timeout):
+            low, high = self.client.get_watermark_offsets(tp, timeout=self.timeout)
             committed = tp.offset if tp.offset >= 0 else low
             out[(tp.topic, tp.partition)] = max(0, high - committed)
         return out
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def lag(cfg, group_id: str | None = None) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> messages not yet committed by the consumer group."""
+    probe = LagProbe(cfg, group_id)
+    try:
+        return probe.read()
     finally:
-        client.close()
+        probe.close()

@@ -30,10 +30,9 @@ class Bestsellers:
 
 
 class Trending:
-    """Decayed weighted activity over the last day, from the Redis counters the consumer keeps."""
+    """Decayed weighted activity over `features.trending_window_h` (a day), from the Redis ZSET the consumer keeps."""
 
     name = "trending"
-    window_index = 1  # the 24 h window
 
     def __init__(self, res: Resources):
         self.res = res
@@ -46,7 +45,7 @@ class Trending:
         read_at, top = self._top.get(n, (-math.inf, []))
         if time.monotonic() - read_at >= self.reuse_s:
             top = [Candidate(sku, score, self.name, ["trending today"])
-                   for sku, score in self.res.store.trending(n, self.window_index)]
+                   for sku, score in self.res.store.trending(n)]
             self._top[n] = (time.monotonic(), top)
         return top
 
