@@ -125,7 +125,8 @@ def run_demo(cfg, overrides: list[str]) -> int:
     step("API keys: one per role (recsys keys create|list|revoke)")
     keys_path, keys = ensure_demo_keys(cfg)
     print(f"  {', '.join(keys)} keys in {keys_path} (mode 0600). POST /v1/events needs the storefront key:")
-    print(f"  curl -H \"Authorization: Bearer $(jq -r .storefront {keys_path})\" -H 'Content-Type: application/json' \\\n"
+    print(f"  KEY=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[\"storefront\"])' {keys_path})\n"
+          f"  curl -H \"Authorization: Bearer $KEY\" -H 'Content-Type: application/json' \\\n"
           f"       -d '{{\"type\": \"product_viewed\", \"user_id\": \"u1\", \"sku\": \"...\"}}' {url}/v1/events")
     step("an event through the API -> Kafka -> consumer -> Redis")
     event = {"type": "product_viewed", "user_id": "demo-user", "sku": paths["pdp_fbt"][0].split("sku=")[1],
