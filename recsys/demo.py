@@ -53,7 +53,7 @@ def bring_up(cfg, overrides: list[str] | None = None) -> str:
     print("  " + ", ".join(supervisor.start(cfg)))
     t = step("Ray Serve application")
     url = app.deploy(cfg)
-    _wait_healthy(url)
+    wait_healthy(url)
     print(f"  {url} healthy after {time.monotonic() - t:.0f} s")
     return url
 
@@ -94,7 +94,7 @@ def _trained_on_current_data(cfg, kind: str) -> bool:
     return live is not None and loaded is not None and live.created_at > loaded
 
 
-def _wait_healthy(url: str, timeout: float = 180) -> None:
+def wait_healthy(url: str, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

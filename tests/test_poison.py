@@ -4,7 +4,6 @@ refuses, the dedupe marker set only after a successful write, and outages told a
 import json
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
 
 import psycopg
 import pytest

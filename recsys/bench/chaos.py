@@ -370,21 +370,6 @@ def _recovered_after(answers: list[Answer], accepted: dict[str, float], logged: 
     return max(0.0, whole_at - restored_at)
 
 
-def wait_healthy(url: str, timeout_s: float = 180) -> None:
-    """Until GET /healthz answers 200 (a degraded dependency still answers 200)."""
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url}/healthz did not answer within {timeout_s:.0f} s")
-
-
 # --- the bench's own stack -----------------------------------------------------------------------
 
 def free_port() -> int:
@@ -582,7 +567,7 @@ def bench_chaos(cfg, overrides: list[str] | None = None) -> dict[str, tuple[floa
     (its data folder stays, so the next run skips loading and training)."""
     from recsys import services
     from recsys.bench.requests import sample_paths
-    from recsys.demo import bring_up
+    from recsys.demo import bring_up, wait_healthy
     from recsys.services import Postgres
 
     b = cfg.bench

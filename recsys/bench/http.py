@@ -19,7 +19,7 @@ from recsys.serve.cache import ResponseCache
 
 
 def bench_http(cfg, paths: dict[str, list[str]]) -> dict[str, tuple[float, str]]:
-    from recsys.demo import _wait_healthy
+    from recsys.demo import wait_healthy
 
     b = cfg.bench
     cache = ResponseCache(OnlineStore.from_config(cfg), {})
@@ -28,7 +28,7 @@ def bench_http(cfg, paths: dict[str, list[str]]) -> dict[str, tuple[float, str]]
         for topology in b.topologies:
             tcfg = app.with_topology(cfg, topology)
             base_url = app.deploy(tcfg)
-            _wait_healthy(base_url)
+            wait_healthy(base_url)
             cache.clear()
             print(f"  {topology}:")
             for surface, surface_paths in paths.items():

@@ -18,7 +18,8 @@ import numpy as np
 import psutil
 import psycopg
 
-from recsys.bench.chaos import SURFACES, MixedLoad, ensure_key, logged_events, wait_healthy
+from recsys.bench.chaos import SURFACES, MixedLoad, ensure_key, logged_events
+from recsys.demo import wait_healthy
 from recsys.bench.report import DOCS
 
 SATURATION_FIGURE = "serve.fused.saturation.rps_at_p95_80ms"
