@@ -74,6 +74,7 @@ def load_postgres(cfg, conn: psycopg.Connection) -> str:
     logged = 0
     for begin in range(0, len(events), CHUNK):
         logged += write_rows(conn, _event_rows(events.iloc[begin:begin + CHUNK]))
+        conn.execute("ANALYZE events")   # the next chunk's plan sees the partitions as they are now
     conn.execute("INSERT INTO datasets (name, fingerprint, items, events) VALUES (%s, %s, %s, %s) "
                  "ON CONFLICT (name) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, items = EXCLUDED.items, "
                  "events = EXCLUDED.events, loaded_at = now()", (name, fp, len(catalog.items), len(events)))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -56,7 +57,7 @@ def bench_ingestion(cfg, n_events: int, freshness_samples: int, runs: int = 3,
     producer = EventProducer(kafka.bootstrap, bcfg.services.kafka.topics)
     store = OnlineStore.from_config(bcfg)
     probe = supervisor.LagProbe(bcfg)
-    figures: dict[str, tuple[float, str]] = {}
+    figures: dict[str, tuple[float, str]] = {"ingest.load_avg_1m_before": (os.getloadavg()[0], "load")}
 
     def ingested(event: Event, timeout: float) -> float:
         """Seconds from now until `event` is in Redis (its writes there come after the log's)."""
