@@ -133,7 +133,8 @@ def test_the_replay_check_probes_the_index_and_never_scans_the_log(pg, tag):
             plan = "\n".join(r[0] for r in cur.execute("EXPLAIN (ANALYZE, COSTS OFF) " + insert_sql(14 * 86400)))
         raise psycopg.Rollback()
     assert "Tuples Inserted: 0" in plan and "Hash Anti Join" not in plan, plan
-    assert "Seq Scan on events_p" not in plan, plan
+    # An empty month (next month's, made ahead) may be planned as a scan, but the window prunes it.
+    assert all("never executed" in line for line in plan.splitlines() if "Seq Scan on events_p" in line), plan
     assert "Index" in plan and "loops=2000" in plan, plan
 
 
