@@ -89,19 +89,26 @@ class FeatureConsumer:
         self.topics = cfg.services.kafka.topics
         self.impressions_topic = str(self.topics.impressions)   # a plain str: compared once per message
         self.limits = IntakeLimits.from_config(cfg)
-        self.consumer = Consumer({
-            "bootstrap.servers": Kafka(cfg).bootstrap,
-            "group.id": group_id or c.group_id,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "session.timeout.ms": int(c.session_timeout_ms),
-            "heartbeat.interval.ms": int(c.heartbeat_interval_ms),
-        })
-        self.consumer.subscribe([self.topics.events, self.topics.impressions])
-        self.store = OnlineStore.from_config(cfg, redis_prefix)
+        # The stores first, the group last: a member that joined and then failed to start would hold
+        # its partitions, unpolled, until the broker evicts it (max.poll.interval.ms, minutes): the
+        # chaos bench's Postgres restart stalled ingestion for 2.5 minutes that way.
         self.conn = psycopg.connect(Postgres(cfg).dsn, autocommit=True)
-        self.dlq = EventProducer(Kafka(cfg).bootstrap, self.topics)
-        self.category_of = dict(self.conn.execute("SELECT sku, category FROM items").fetchall())
+        try:
+            self.store = OnlineStore.from_config(cfg, redis_prefix)
+            self.dlq = EventProducer(Kafka(cfg).bootstrap, self.topics)
+            self.category_of = dict(self.conn.execute("SELECT sku, category FROM items").fetchall())
+            self.consumer = Consumer({
+                "bootstrap.servers": Kafka(cfg).bootstrap,
+                "group.id": group_id or c.group_id,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": int(c.session_timeout_ms),
+                "heartbeat.interval.ms": int(c.heartbeat_interval_ms),
+            })
+            self.consumer.subscribe([self.topics.events, self.topics.impressions])
+        except BaseException:
+            self.conn.close()
+            raise
 
     def _known(self, sku: str) -> bool:
         if sku not in self.category_of:  # a SKU added since start-up

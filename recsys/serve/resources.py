@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import psycopg
@@ -49,6 +50,9 @@ class Resources:
         self._event_limiter = None
         self._live_models = None
         self._loading = threading.Lock()
+        # One long-lived thread for every reload: a fresh thread per reload got a fresh malloc arena
+        # from glibc, and each replica grew ~100 MB per reload (the soak in docs/reliability.md).
+        self._refresher = ThreadPoolExecutor(1, thread_name_prefix="snapshot-refresh")
         self.refresh(wait=True)
 
     def _configure(self, conn: psycopg.Connection) -> None:
@@ -65,7 +69,7 @@ class Resources:
         if wait:
             self._load(max_age_s)
         else:
-            threading.Thread(target=self._load, args=(max_age_s,), daemon=True).start()
+            self._refresher.submit(self._load, max_age_s)
 
     def _load(self, max_age_s: float) -> None:
         from recsys.services import Postgres
