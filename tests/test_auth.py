@@ -339,3 +339,11 @@ def test_an_acknowledgement_waits_for_its_own_messages_only(stack):
         assert len(producer._producer) > 0, "waited for the other request's messages too"
     finally:
         bulk.join(60)
+
+
+def test_admin_text_is_printable_and_bounded(client, keys):
+    """What the admin endpoints store must fit Postgres: a NUL is a 422, never a 500."""
+    admin = bearer(keys["admin"])
+    assert client.post("/v1/admin/keys", json={"role": "ml", "name": "a\x00b"}, headers=admin).status_code == 422
+    assert client.post("/v1/admin/keys", json={"role": "ml", "name": "x" * 129}, headers=admin).status_code == 422
+    assert client.delete("/v1/admin/keys/a%00b", headers=admin).status_code == 422

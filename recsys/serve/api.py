@@ -8,14 +8,14 @@ from typing import Literal
 
 import orjson
 import psycopg
-from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from psycopg_pool import PoolTimeout
 from pydantic import BaseModel, Field
 
 from recsys.auth import ROLES, ApiKey, create_key, list_keys, revoke_key
 from recsys.auth.http import require_role
-from recsys.features.events import PRINTABLE, IntakeLimits, parse_event
+from recsys.features.events import PRINTABLE, IntakeLimits, Text, parse_event
 from recsys.serve.limits import DEFAULT_MAX_BODY_BYTES, BodySizeLimit, sku_list
 from recsys.serve.request import RecRequest
 
@@ -240,7 +240,7 @@ def events(request: Request, payload: dict | list = Body(..., description="one e
 
 class NewKey(BaseModel):
     role: Literal[ROLES]
-    name: str = Field("", max_length=128)
+    name: Text(128) = ""   # printable and bounded, like every text that reaches a store
 
 
 @api.get("/v1/admin/keys", dependencies=[Depends(admin_key)], responses=_answers(401, 403, 503))
@@ -261,7 +261,8 @@ def admin_create_key(request: Request, new: NewKey) -> dict:
 
 @api.delete("/v1/admin/keys/{key_id_or_prefix}", dependencies=[Depends(admin_key)],
             responses=_answers(401, 403, 404, 422, 503))
-def admin_revoke_key(request: Request, key_id_or_prefix: str) -> dict:
+def admin_revoke_key(request: Request,
+                     key_id_or_prefix: str = Path(max_length=128, pattern=PRINTABLE)) -> dict:
     """Revoke a key by id or prefix; every replica stops accepting it within `auth.cache_ttl_s`."""
     res = _resources(request)
     try:
