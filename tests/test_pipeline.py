@@ -12,7 +12,7 @@ import pytest
 from recsys import registry
 from recsys.catalog import vectors
 from recsys.services import Postgres, Ray
-from recsys.train.user_vectors import UserVectorStore
+from recsys.models.user_vectors import UserVectorStore
 from recsys.features.online_store import OnlineStore
 from tests.conftest import TEST_OVERRIDES, free_port, make_cfg
 
@@ -85,7 +85,8 @@ def test_a_new_sku_gets_a_vector_from_content_alone(head):
     from recsys.catalog.embed import encode_texts
     from recsys.train.cold_items import embed_cold_items
     from recsys.train.dataset import load_item_features
-    from recsys.train.two_tower import TwoTowerConfig, build_model
+    from recsys.models.two_tower import TwoTowerConfig
+    from recsys.train.two_tower import build_model
 
     cfg, _ = head
     with psycopg.connect(Postgres(cfg).dsn, autocommit=True) as conn:

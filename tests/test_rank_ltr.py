@@ -31,7 +31,7 @@ def test_lightgbm_save_load_gives_identical_scores(lists, tmp_path):
     from omegaconf import OmegaConf
 
     from recsys.rank.features import NAMES
-    from recsys.rank.ltr import LTRRanker
+    from recsys.models.ranker import LTRRanker
 
     cfg, data = lists
     train, valid = data.split()
@@ -61,7 +61,7 @@ def test_train_cli_lightgbm_on_ray_beats_retrieval_order(stack):
     from recsys.data import load_world
     from recsys.rank.evaluate import ndcg_at_k
     from recsys.rank.features import ItemTable
-    from recsys.rank.ltr import MODEL_FILE, LTRRanker
+    from recsys.models.ranker import MODEL_FILE, LTRRanker
     from recsys.rank.offline import build_lists
     from recsys.rank.train import content_vectors, read_log, run
     from recsys.raycluster import ensure_ray

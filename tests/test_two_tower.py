@@ -7,10 +7,10 @@ import torch
 from recsys.train.metrics import evaluate_full_ranking
 from recsys.train.popularity import PopularityRecommender, interaction_matrix
 from recsys.train.splits import leave_one_out
+from recsys.models.two_tower import TwoTowerConfig
 from recsys.train.two_tower import (
     EvalSet,
     ItemFeatures,
-    TwoTowerConfig,
     TwoTowerRecommender,
     check_item_tower_parity,
     check_user_tower_parity,

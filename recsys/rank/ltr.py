@@ -1,4 +1,5 @@
-"""LightGBM lambdarank trained through Ray Train, and the ranker serving loads from its text model.
+"""LightGBM lambdarank trained through Ray Train; the trained ranker (its file, loading, scoring) is
+recsys.models.ranker, which serving loads without this module.
 
 The lists travel to the workers through the object store; each worker takes every world_size-th list
 so no request is split across workers. Training reports once at the end (one checkpoint holding the
@@ -13,42 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from recsys.models.ranker import MODEL_FILE, LTRRanker
 from recsys.rank.features import NAMES
 from recsys.rank.offline import TrainingLists
-
-MODEL_FILE = "model.txt"
-
-
-class LTRRanker:
-    """`score(X) -> scores` over a (n, 28) feature matrix; higher is better."""
-
-    kind = "lightgbm"
-
-    def __init__(self, booster):
-        if list(booster.feature_name()) != list(NAMES):
-            raise ValueError(f"model features {booster.feature_name()} are not the 28 ranking features")
-        self.booster = booster
-
-    def score(self, X: np.ndarray) -> np.ndarray:
-        X = np.asarray(X, dtype=np.float64).reshape(-1, len(NAMES))
-        return self.booster.predict(X, num_threads=1) if len(X) else np.zeros(0)
-
-    def contributions(self, X: np.ndarray) -> np.ndarray:
-        """Per-feature SHAP contributions (n, 28 + 1 bias): what explanations show."""
-        return self.booster.predict(np.asarray(X, dtype=np.float64), pred_contrib=True, num_threads=1)
-
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.booster.save_model(str(path))
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> "LTRRanker":
-        import lightgbm as lgb
-
-        return cls(lgb.Booster(model_file=str(path)))
-
 
 def _shard(arrays: dict, rank: int, size: int) -> dict:
     group = arrays["group"]

@@ -17,9 +17,10 @@ import psycopg
 from omegaconf import OmegaConf
 
 from recsys.config import load_config
+from recsys.models.ranker import MODEL_FILE
 from recsys.rank.evaluate import compare
 from recsys.rank.features import ItemTable, feature_table
-from recsys.rank.ltr import MODEL_FILE, train_lightgbm
+from recsys.rank.ltr import train_lightgbm
 from recsys.rank.mlp import train_mlp
 from recsys.rank.offline import build_lists
 

@@ -128,7 +128,7 @@ def run_content_knn(split: LeaveOneOut, n_items: int, title_emb: str | None = No
 
 
 def two_tower_config(name: str, args) -> "object":
-    from recsys.train.two_tower import TwoTowerConfig
+    from recsys.models.two_tower import TwoTowerConfig
 
     base = TwoTowerConfig(
         dim=64, max_len=MAX_LEN, n_layers=2, n_heads=2, dropout=0.5, id_dropout=0.1,

@@ -16,6 +16,8 @@ from pgvector.psycopg import register_vector
 from recsys import registry
 from recsys.catalog import vectors
 from recsys.catalog.embed import encode_texts
+from recsys.models import SKUS_FILE
+from recsys.models.two_tower import CATEGORIES_FILE, ITEM_TOWER_FILE
 from recsys.train.dataset import MAX_NEIGHBORS
 
 
@@ -62,11 +64,11 @@ def embed_cold_items(cfg) -> str:
         if not rows:
             return f"every SKU has a vector in {live[0]}"
         folder = Path(model.artifact_uri)
-        session = ort.InferenceSession(str(folder / "item_tower.onnx"), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(folder / ITEM_TOWER_FILE), providers=["CPUExecutionProvider"])
         names = [i.name for i in session.get_inputs()]
         content_dim = next((i.shape[1] for i in session.get_inputs() if i.name == "content"), 0)
-        feeds = _inputs(conn, rows, json.loads((folder / "skus.json").read_text()),
-                        json.loads((folder / "categories.json").read_text()), names, content_dim,
+        feeds = _inputs(conn, rows, json.loads((folder / SKUS_FILE).read_text()),
+                        json.loads((folder / CATEGORIES_FILE).read_text()), names, content_dim,
                         cfg.embedding.model_path)
         out = session.run(None, {name: feeds[name] for name in names})[0].astype(np.float32)
         with conn.transaction(), conn.cursor() as cur:

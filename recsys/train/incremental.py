@@ -7,7 +7,6 @@ result as the new live ALS version.
 
 from __future__ import annotations
 
-import json
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,21 +18,21 @@ import scipy.sparse as sp
 
 from recsys import registry
 from recsys.config import load_config
+from recsys.models.als import ALSFactors, save_factors
 from recsys.train.als import ALSConfig, ALSRecommender
 from recsys.train.popularity import event_matrix
 
 
 def _load(record) -> tuple[ALSRecommender, list[str], list[str]]:
-    path = Path(record.artifact_uri)
-    data = np.load(path)
+    factors = ALSFactors(Path(record.artifact_uri))
     config = ALSConfig(**{k: v for k, v in record.config.items() if k in ALSConfig.__dataclass_fields__})
     als = ALSRecommender(config)
     als.model = als._new_model()
-    als.model.user_factors = data["user_factors"].astype(np.float32)
-    als.model.item_factors = data["item_factors"].astype(np.float32)
-    users = [str(u) for u in data["users"]]
-    als.user_items = sp.csr_matrix((len(users), data["item_factors"].shape[0]), dtype=np.float32)
-    return als, users, json.loads((path.parent / "skus.json").read_text())
+    als.model.user_factors = factors.user_factors
+    als.model.item_factors = factors.items
+    users = list(factors.users)
+    als.user_items = sp.csr_matrix((len(users), len(factors.items)), dtype=np.float32)
+    return als, users, factors.skus
 
 
 def run(cfg) -> str:
@@ -74,11 +73,9 @@ def run(cfg) -> str:
         version = f"als-incr-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
         out = Path(cfg.pipeline.artifacts) / version
         out.mkdir(parents=True, exist_ok=True)
-        np.savez(out / "als.npz", user_factors=als.user_factors, item_factors=als.item_factors,
-                 users=np.asarray(user_ids), regularization=float(als.config.regularization),
-                 alpha=float(als.config.alpha))
-        (out / "skus.json").write_text(json.dumps(item_ids))
-        registry.register(conn, version, "als", str((out / "als.npz").resolve()), record.config,
+        path = save_factors(out, als.user_factors, als.item_factors, user_ids, item_ids,
+                            regularization=als.config.regularization, alpha=als.config.alpha)
+        registry.register(conn, version, "als", str(path.resolve()), record.config,
                           {"base": record.version, "folded_users": len(fold_users), "new_items": len(new_skus)})
         registry.set_stage(conn, version, "live")
     return f"{version}: {len(fold_users)} users and {len(new_skus)} new SKUs folded into {record.version}"

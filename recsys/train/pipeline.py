@@ -23,6 +23,9 @@ from omegaconf import OmegaConf
 from recsys import registry
 from recsys.catalog import vectors
 from recsys.config import load_config
+from recsys.models.als import save_factors
+from recsys.models.two_tower import (CATEGORIES_FILE, CONFIG_FILE, ITEM_FEATURES_FILE, ITEM_TOWER_FILE,
+                                     USER_TOWER_FILE, WEIGHTS_FILE)
 from recsys.raycluster import ensure_ray
 from recsys.services import Postgres
 
@@ -94,19 +97,20 @@ def run(cfg) -> dict:
         print(f"       {name:<40} {value:.4f}", flush=True)
 
     step("6/8 export: ONNX item and user towers, parity with torch")
-    export_item_tower_onnx(model, str(out / "item_tower.onnx"))
-    export_user_tower_onnx(model, str(out / "user_tower.onnx"))
-    parity = {"onnx_item_max_abs_diff": check_item_tower_parity(model, str(out / "item_tower.onnx")),
-              "onnx_user_max_abs_diff": check_user_tower_parity(model, str(out / "user_tower.onnx"))}
+    item_tower, user_tower = str(out / ITEM_TOWER_FILE), str(out / USER_TOWER_FILE)
+    export_item_tower_onnx(model, item_tower)
+    export_user_tower_onnx(model, user_tower)
+    parity = {"onnx_item_max_abs_diff": check_item_tower_parity(model, item_tower),
+              "onnx_user_max_abs_diff": check_user_tower_parity(model, user_tower)}
     import torch
 
-    torch.save(model.state_dict(), out / "model.pt")
-    np.savez(out / "als.npz", user_factors=als.user_factors, item_factors=als.item_factors,
-             users=np.asarray(data.users), regularization=float(p.als.regularization), alpha=float(p.als.alpha))
-    (out / "skus.json").write_text(json.dumps(catalog.skus))
-    (out / "categories.json").write_text(json.dumps(catalog.categories()))
-    dataset.save_item_features(feats, out / "item_features.npz")
-    (out / "config.json").write_text(json.dumps(model_cfg))
+    torch.save(model.state_dict(), out / WEIGHTS_FILE)
+    # ALS was fit over catalog.skus, so the item order it writes is the towers' too
+    als_path = save_factors(out, als.user_factors, als.item_factors, data.users, catalog.skus,
+                            regularization=p.als.regularization, alpha=p.als.alpha)
+    (out / CATEGORIES_FILE).write_text(json.dumps(catalog.categories()))
+    dataset.save_item_features(feats, out / ITEM_FEATURES_FILE)
+    (out / CONFIG_FILE).write_text(json.dumps(model_cfg))
 
     step("7/8 item vectors into pgvector beside the live set, models registered")
     item_vectors = model.item_vectors().detach().cpu().numpy()
@@ -121,7 +125,7 @@ def run(cfg) -> dict:
         all_metrics = {**metrics, **parity, **{k: v for k, v in train_metrics.items() if isinstance(v, (int, float))},
                        "seconds_until_registered": time.monotonic() - step.started}
         registry.register(conn, tt_version, "two_tower", str(out.resolve()), model_cfg, all_metrics)
-        registry.register(conn, als_version, "als", str((out / "als.npz").resolve()),
+        registry.register(conn, als_version, "als", str(als_path.resolve()),
                           OmegaConf.to_container(p.als), {k: v for k, v in metrics.items() if k.startswith("als.")})
         gates_pass = (metrics["two_tower.ndcg@12"] >= float(p.gates.min_ndcg_at_12)
                       and metrics["two_tower.coverage@12"] >= float(p.gates.min_coverage_at_12))

@@ -10,8 +10,9 @@ import time
 
 import torch
 
-from recsys.train.two_tower import (EvalSet, ItemFeatures, TwoTowerConfig, TwoTowerModel, build_model,
-                                    evaluate_two_tower, make_loader, set_seed, train_epoch, training_arrays)
+from recsys.models.two_tower import TwoTowerConfig
+from recsys.train.two_tower import (EvalSet, ItemFeatures, TwoTowerModel, build_model, evaluate_two_tower,
+                                    make_loader, set_seed, train_epoch, training_arrays)
 
 CHECKPOINT_FILE = "two_tower.pt"
 

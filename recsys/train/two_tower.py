@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
@@ -32,54 +32,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from recsys.models.two_tower import TwoTowerConfig, gap_buckets
 from recsys.train import losses as L
 from recsys.train.metrics import DEFAULT_KS, SeenIndex, evaluate_full_ranking
 
 # ----------------------------------------------------------------------------- config & inputs
-
-
-@dataclass
-class TwoTowerConfig:
-    """Hyperparameters. ``id_only=True`` with ``use_recency=False`` is the SASRec-style baseline."""
-
-    dim: int = 64
-    max_len: int = 20
-    n_layers: int = 2
-    n_heads: int = 2
-    dropout: float = 0.2
-    id_dropout: float = 0.1
-    id_only: bool = False
-    use_recency: bool = True
-    n_gap_buckets: int = 24
-    gap_unit_seconds: float = 60.0
-    n_devices: int = 0
-    n_geos: int = 0
-    affinity_dim: int = 0
-    normalize: bool = True
-    temperature: float = 0.1
-    learn_temperature: bool = True
-    loss: str = "full"  # "full" | "sampled"
-    logq_correction: bool = True
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    batch_size: int = 256
-    epochs: int = 50
-    patience: int = 5
-    eval_every: int = 1
-    eval_batch_size: int = 1024
-    eval_k: int = 10
-    max_seconds: float | None = None
-    grad_clip: float | None = 5.0
-    seed: int = 0
-    device: str = "cpu"
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TwoTowerConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise KeyError(f"unknown two-tower config keys: {sorted(unknown)}")
-        return cls(**d)
 
 
 @dataclass
@@ -136,13 +93,6 @@ class EvalSet:
 
 
 # ----------------------------------------------------------------------------- sequences -> arrays
-
-
-def gap_buckets(gaps_seconds: np.ndarray, n_buckets: int, unit: float) -> np.ndarray:
-    """Bucket 0 = unknown/padding; 1.. = floor(log2(1 + gap/unit)), capped."""
-    g = np.maximum(np.asarray(gaps_seconds, dtype=np.float64), 0.0)
-    b = np.floor(np.log2(1.0 + g / unit)).astype(np.int64) + 1
-    return np.clip(b, 1, n_buckets - 1)
 
 
 @dataclass
@@ -808,7 +758,3 @@ def check_item_tower_parity(model: TwoTowerModel, path: str, items: np.ndarray |
 
 def check_user_tower_parity(model: TwoTowerModel, path: str) -> float:
     return onnx_parity(model, path, user_tower_sample(model))
-
-
-def config_dict(cfg: TwoTowerConfig) -> dict:
-    return asdict(cfg)

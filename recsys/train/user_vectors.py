@@ -1,64 +1,13 @@
-"""User vectors in Redis: precomputed for active users, and cohort centroids for users with none.
-
-A cohort is device x geo x entry category (the category of a user's first interaction), with
-coarser fallbacks (device x geo, device, everyone) so every new visitor gets some centroid.
-Keys: `{prefix}u:{<user>}:vec` hash (beside the user's features, recsys.features.online_store.user_key) {version, ts, vector}; `{prefix}cohort:{version}` hash cohort -> vector.
-"""
+"""The user vectors and cohort centroids the pipeline publishes, computed with the torch model; how they
+are stored, and what a cohort is, lives in recsys.models.user_vectors (serving reads them there)."""
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pandas as pd
-import redis
 
-from recsys.features.online_store import user_key
+from recsys.models.user_vectors import ANY, UserVectorStore, cohort_keys
 from recsys.train.two_tower import TwoTowerModel, inference_arrays
-
-ANY = "*"
-
-
-def cohort_keys(device: str | None, geo: str | None, category: str | None) -> list[str]:
-    """Most specific first."""
-    d, g, c = device or ANY, geo or ANY, category or ANY
-    return [f"{d}|{g}|{c}", f"{d}|{g}|{ANY}", f"{d}|{ANY}|{ANY}", f"{ANY}|{ANY}|{ANY}"]
-
-
-class UserVectorStore:
-    def __init__(self, client: redis.Redis, prefix: str, ttl_s: int = 7 * 86400):
-        self.r, self.p, self.ttl_s = client, prefix, ttl_s
-
-    def put_users(self, version: str, vectors: dict[str, np.ndarray], now: float | None = None) -> None:
-        now = time.time() if now is None else now
-        pipe = self.r.pipeline(transaction=False)
-        for user, vec in vectors.items():
-            key = user_key(self.p, user, "vec")
-            pipe.hset(key, mapping={"version": version, "ts": repr(now),
-                                    "vector": np.asarray(vec, dtype=np.float32).tobytes()})
-            pipe.expire(key, self.ttl_s)
-        pipe.execute()
-
-    def get_user(self, user: str, version: str) -> tuple[np.ndarray, float] | None:
-        """(vector, computed-at) when a vector of this model version exists."""
-        raw = self.r.hgetall(user_key(self.p, user, "vec"))
-        if not raw or raw.get(b"version", b"").decode() != version:
-            return None
-        return np.frombuffer(raw[b"vector"], dtype=np.float32), float(raw[b"ts"])
-
-    def put_cohorts(self, version: str, centroids: dict[str, np.ndarray]) -> None:
-        key = f"{self.p}cohort:{version}"
-        pipe = self.r.pipeline()
-        pipe.delete(key)
-        pipe.hset(key, mapping={c: np.asarray(v, dtype=np.float32).tobytes() for c, v in centroids.items()})
-        pipe.execute()
-
-    def cohort(self, version: str, device: str | None, geo: str | None, category: str | None) -> tuple[str, np.ndarray] | None:
-        keys = cohort_keys(device, geo, category)
-        for name, raw in zip(keys, self.r.hmget(f"{self.p}cohort:{version}", keys)):
-            if raw is not None:
-                return name, np.frombuffer(raw, dtype=np.float32)
-        return None
 
 
 def centroids(vectors: np.ndarray, profiles: pd.DataFrame, min_users: int) -> dict[str, np.ndarray]:
