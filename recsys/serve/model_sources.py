@@ -8,7 +8,6 @@ back. A user with no history gets a cohort centroid (device x geo x the page's c
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -18,6 +17,9 @@ import numpy as np
 from recsys import registry
 from recsys.catalog import vectors
 from recsys.features.online_store import UserState
+from recsys.models.als import ALSFactors
+from recsys.models.two_tower import OnnxUserTower
+from recsys.models.user_vectors import UserVectorStore
 from recsys.serve.request import Candidate, RecRequest
 from recsys.serve.resources import Resources
 
@@ -36,77 +38,18 @@ class LiveModels:
                 live = vectors.live_version(conn, "retrieval")
                 if tt and live:
                     skus, matrix = vectors.read_vectors(conn, live[0])
-                    self.two_tower = _TwoTower(Path(tt.artifact_uri), live, skus, matrix)
+                    self.two_tower = OnnxUserTower(Path(tt.artifact_uri), live, skus, matrix)
                     self.version = tt.version
                 if als:
-                    self.als = _ALS(Path(als.artifact_uri))
+                    self.als = ALSFactors(Path(als.artifact_uri))
         except Exception as exc:
             log.warning("live models not loaded: %s", exc)
-
-
-class _TwoTower:
-    def __init__(self, folder: Path, live: tuple[str, int], skus: list[str], matrix: np.ndarray):
-        import onnxruntime as ort
-
-        from recsys.train.two_tower import TwoTowerConfig
-
-        self.vector_set, self.dim = live
-        self.index = {sku: i for i, sku in enumerate(skus)}
-        self.items = matrix
-        self.cfg = TwoTowerConfig.from_dict(json.loads((folder / "config.json").read_text()) | {"device": "cpu"})
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        self.session = ort.InferenceSession(str(folder / "user_tower.onnx"), options,
-                                            providers=["CPUExecutionProvider"])
-
-    def user_vector(self, views: list[tuple[str, float]], now: float) -> np.ndarray | None:
-        """The user tower over the most recent views (newest first in `views`)."""
-        from recsys.train.two_tower import gap_buckets
-
-        known = [(self.index[s], t) for s, t in reversed(views) if s in self.index][-self.cfg.max_len:]
-        if not known:
-            return None
-        L = self.cfg.max_len
-        hist = np.zeros((1, L, self.items.shape[1]), dtype=np.float32)
-        valid = np.zeros((1, L), dtype=np.int64)
-        gaps = np.zeros((1, L), dtype=np.int64)
-        m = len(known)
-        hist[0, L - m:] = self.items[[i for i, _ in known]]
-        valid[0, L - m:] = 1
-        stamps = np.array([t for _, t in known] + [now])
-        gaps[0, L - m:] = gap_buckets(np.diff(stamps), self.cfg.n_gap_buckets, self.cfg.gap_unit_seconds)
-        return self.session.run(None, {"hist_vecs": hist, "valid": valid, "gaps": gaps})[0][0]
-
-
-class _ALS:
-    """Item factors, known users' factors, and the closed-form fold-in for anyone else."""
-
-    def __init__(self, path: Path):
-        data = np.load(path)
-        self.skus = json.loads((path.parent / "skus.json").read_text())   # the factors' item order
-        self.index = {sku: i for i, sku in enumerate(self.skus)}
-        self.items = data["item_factors"].astype(np.float32)
-        self.users = {str(u): i for i, u in enumerate(data["users"])}
-        self.user_factors = data["user_factors"].astype(np.float32)
-        self.reg, self.alpha = float(data["regularization"]), float(data["alpha"])
-        self.gram = self.items.T @ self.items
-
-    def user_vector(self, user_id: str, item_rows: list[int]) -> np.ndarray | None:
-        if not item_rows:
-            return self.user_factors[self.users[user_id]] if user_id in self.users else None
-        # implicit ALS's user update: (Y'Y + Y'(C-I)Y + reg I) x = Y'C p, over this user's items
-        y = self.items[item_rows]
-        confidence = 1.0 + self.alpha * np.ones(len(item_rows), dtype=np.float32)
-        a = self.gram + (y.T * (confidence - 1.0)) @ y + self.reg * np.eye(y.shape[1], dtype=np.float32)
-        return np.linalg.solve(a, y.T @ confidence)
 
 
 class TwoTowerANN:
     name = "two_tower"
 
     def __init__(self, res: Resources):
-        from recsys.train.user_vectors import UserVectorStore
-
         self.res = res
         self.models = res.live_models()
         self.store = UserVectorStore(res.store.r, res.store.p)

@@ -51,8 +51,8 @@ class LTRRanking:
 
     def __init__(self, cfg, res: Resources):
         from recsys import registry
+        from recsys.models.ranker import MODEL_FILE, LTRRanker
         from recsys.rank.features import NAMES, ItemTable
-        from recsys.rank.ltr import LTRRanker
         from recsys.rank.online import OnlineFeatures
 
         self.blend, self.model, self.names = RankBlend(cfg), None, NAMES
@@ -60,7 +60,7 @@ class LTRRanking:
             with res.pool.connection(timeout=2) as conn:
                 record = registry.live(conn, "ranker")
                 if record is not None:
-                    self.model = LTRRanker.load(Path(record.artifact_uri) / "model.txt")
+                    self.model = LTRRanker.load(Path(record.artifact_uri) / MODEL_FILE)
                     self.features = OnlineFeatures(res.store, ItemTable.from_postgres(conn))
         except Exception as exc:
             log.warning("no learning-to-rank model loaded (%s): ranking with the blend", exc)
