@@ -9,12 +9,9 @@ from fastapi.testclient import TestClient
 
 from recsys.serve.api import api, set_recommender
 from recsys.serve.recommender import Recommender
-from tests.conftest import make_cfg
+from tests.conftest import PATIENT, make_cfg
 
 SURFACES = ("homepage_hero", "pdp_fbt", "cart_upsell")
-# Budgets far past any stall of a busy test machine: these tests are about content, not time.
-PATIENT = [f"serve.budgets_ms.{stage}=5000" for stage in ("features", "retrieval", "ranker", "slots")] + [
-    "serve.budgets_ms.sources.default=5000"]
 
 
 @pytest.fixture(scope="module")

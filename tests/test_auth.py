@@ -18,10 +18,8 @@ from fastapi.testclient import TestClient
 from recsys.auth import ROLES, create_key, find_key, list_keys, revoke_key
 from recsys.serve.api import api, set_recommender
 from recsys.serve.recommender import Recommender
-from tests.conftest import PREFIX, TEST_OVERRIDES, make_cfg
+from tests.conftest import PATIENT, PREFIX, TEST_OVERRIDES, make_cfg
 
-PATIENT = [f"serve.budgets_ms.{stage}=5000" for stage in ("features", "retrieval", "ranker", "slots")] + [
-    "serve.budgets_ms.sources.default=5000"]
 
 
 def dead_address() -> str:

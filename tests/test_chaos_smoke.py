@@ -15,10 +15,8 @@ import pytest
 from recsys.bench.chaos import Fault, MixedLoad, Timing, count_events, logged_events, run_fault
 from recsys.bench.requests import sample_paths
 from recsys.services import Kafka, Postgres
-from tests.conftest import free_port, make_cfg
+from tests.conftest import PATIENT, free_port, make_cfg
 
-PATIENT = [f"serve.budgets_ms.{stage}=5000" for stage in ("features", "retrieval", "ranker", "slots")] + [
-    "serve.budgets_ms.sources.default=5000"]
 SURFACES = ("homepage_hero", "pdp_fbt", "cart_upsell")
 
 

@@ -35,12 +35,10 @@ from schemathesis.specs.openapi.checks import (content_type_conformance, negativ
 
 from recsys.serve.api import api, set_recommender
 from recsys.services import Kafka, Postgres
-from tests.conftest import make_cfg
+from tests.conftest import PATIENT, make_cfg
 
 MAX_EXAMPLES = 40          # per operation and test: the whole file stays well under 2 minutes on 2 cores
 EVENT_EXAMPLES = 250
-PATIENT = [f"serve.budgets_ms.{stage}=5000" for stage in ("features", "retrieval", "ranker", "slots")] + [
-    "serve.budgets_ms.sources.default=5000"]
 TAG = uuid.uuid4().hex[:8]
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
           response_schema_conformance, negative_data_rejection]

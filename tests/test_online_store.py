@@ -101,3 +101,19 @@ def test_no_user_id_reaches_another_users_keys(store):
     for h in hostile:
         assert store.user_state(h, now=T0.timestamp()).cart == {"C1"}
     assert all(k.decode().count("{") == 1 for k in store.r.scan_iter(match=f"{store.p}u:*"))
+
+
+def test_a_replicas_counter_snapshot_answers_as_redis_does_and_keeps_decaying(store):
+    from recsys.serve.item_counters import ItemCounters
+
+    store.apply([ev("product_viewed", "P1", 0), ev("add_to_cart", "P1", 5), ev("product_viewed", "C1", 9)], CATEGORY)
+    keys = ["product_viewed:24h", "add_to_cart:168h"]
+    snapshot = ItemCounters(store, keys, chunk=2)   # chunks of 2: three SKUs take two script calls
+    snapshot.refresh(["P1", "C1", "C2"])
+    for hours in (3, 30):
+        now = (T0 + timedelta(hours=hours)).timestamp()
+        skus = ["C1", "P1", "C2", "listed-later"]
+        expected = np.vstack([store.counter_matrix(skus[:3], keys, now=now), np.zeros((1, 2))])
+        assert np.allclose(snapshot.counter_matrix(skus, keys, now=now), expected)
+    with pytest.raises(KeyError):
+        snapshot.counter_matrix(["P1"], ["purchase_completed:168h"])

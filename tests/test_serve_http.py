@@ -6,13 +6,10 @@ import pytest
 
 from recsys.features.online_store import OnlineStore
 from recsys.serve.cache import ResponseCache
-from tests.conftest import make_cfg
+from tests.conftest import PATIENT, make_cfg
 
 SURFACE_PARAMS = {"homepage_hero": {}, "pdp_fbt": {"sku": None}, "cart_upsell": {"cart": None}}
 SPLIT_DEPLOYMENTS = {"recsys_api", "stage_features", "stage_retrieval", "stage_ranker", "stage_slots"}
-# Budgets far past any stall of a busy test machine: these tests are about content, not time.
-PATIENT = [f"serve.budgets_ms.{stage}=5000" for stage in ("features", "retrieval", "ranker", "slots")] + [
-    "serve.budgets_ms.sources.default=5000"]
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ import sys
 
 import numpy as np
 
-SERVING_MODULES = ["recsys.serve.app", "recsys.serve.recommender", "recsys.serve.model_sources",
-                   "recsys.serve.stages.ranker", "recsys.serve.api"]
+SERVING_MODULES = ["recsys.serve.app", "recsys.serve.graph", "recsys.serve.recommender",
+                   "recsys.serve.model_sources", "recsys.serve.stages.ranker", "recsys.serve.api"]
 FORBIDDEN = ("torch", "sentence_transformers", "recsys.train")
 
 SKUS = ["sku-a", "sku-b", "sku-c", "sku-d"]
@@ -46,9 +46,9 @@ vectors.read_vectors = lambda conn, version: ({skus!r}, np.load(folder / "item_v
 
 models = None
 res = SimpleNamespace(pool=SimpleNamespace(connection=lambda timeout: nullcontext()),
-                      store=SimpleNamespace(r=None, p="test:"),
+                      store=SimpleNamespace(r=SimpleNamespace(hgetall=lambda key: {{}}), p="test:"),
                       cfg=SimpleNamespace(serve=SimpleNamespace(user_vector_refresh_s=60.0)),
-                      live_models=lambda: models)
+                      exact_max_items=100, live_models=lambda: models)
 models = LiveModels(res)
 TwoTowerANN(res), ALSSource(res), LTRRanking(SimpleNamespace(surfaces={{}}), res)
 

@@ -137,6 +137,9 @@ class UserState:
     purchased: dict[str, float] = field(default_factory=dict)       # sku -> epoch s
     category_affinity: dict[str, float] = field(default_factory=dict)
     version: int = 0                                                # events applied so far
+    # The user's two-tower vector as last stored (model version, computed at, vector), read with the
+    # rest in serving's one round trip (recsys/models/user_vectors.py owns its layout).
+    stored_vector: tuple[str, float, np.ndarray] | None = None
 
     @property
     def known(self) -> bool:
@@ -212,15 +215,25 @@ class OnlineStore:
 
     # reads -------------------------------------------------------------------------------------
     def user_state(self, user_id: str, now: float | None = None) -> UserState:
-        now = time.time() if now is None else now
-        u = self.user_key(user_id)
         pipe = self.r.pipeline(transaction=False)
+        self.queue_user_state(pipe, user_id)
+        return self.parse_user_state(user_id, pipe.execute(), now)
+
+    # A user's state is USER_STATE_REPLIES commands on a pipeline, so serving can read it in the same
+    # round trip as the cached rail and the user's vector (recsys/serve/stages/features.py).
+    USER_STATE_REPLIES = 5
+
+    def queue_user_state(self, pipe, user_id: str) -> None:
+        u = self.user_key(user_id)
         pipe.hgetall(u)
         pipe.lrange(f"{u}:views", 0, -1)
         pipe.smembers(f"{u}:cart")
         pipe.zrange(f"{u}:bought", 0, -1, withscores=True)
         pipe.zrange(f"{u}:aff", 0, -1, withscores=True)
-        info, views, cart, bought, aff = pipe.execute()
+
+    def parse_user_state(self, user_id: str, replies: list, now: float | None = None) -> UserState:
+        now = time.time() if now is None else now
+        info, views, cart, bought, aff = replies
         info = {k.decode(): v.decode() for k, v in info.items()}
         parsed_views = []
         for raw in views:
@@ -266,17 +279,24 @@ class OnlineStore:
 
     def counter_matrix(self, skus: list[str], keys: list[str], now: float | None = None) -> np.ndarray:
         """(len(skus), len(keys)) decayed counters, keys as in item_counters ('product_viewed:24h'); 0 where
-        none. The serving hot path: one script call for all the candidates, where a pipeline of HMGETs
-        costs redis-py ~60 us of Python per SKU."""
+        none."""
+        logs, taus = self.counter_logs(skus, keys)
         now = time.time() if now is None else now
+        return np.exp(logs - now / taus)
+
+    def counter_logs(self, skus: list[str], keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The counters as stored (forward-decay logs, -inf where none) and each key's decay constant:
+        `exp(logs - now / taus)` is their value at `now`, so a snapshot of them stays right as time
+        passes. One script call for all the SKUs, where a pipeline of HMGETs costs redis-py ~60 us of
+        Python per SKU."""
         names = [f"{int(h)}h" for h in self.cfg.counter_windows_h]
         windows = [names.index(k.rpartition(":")[2]) for k in keys]   # 'product_viewed:24h' -> field 'product_viewed:1'
         fields = [f"{k.rpartition(':')[0]}:{w + 1}" for k, w in zip(keys, windows)]
+        taus = np.array([self.windows_s[w] for w in windows])
         if not skus:
-            return np.zeros((0, len(keys)))
+            return np.zeros((0, len(keys))), taus
         raw = self._read_counters(keys=[self.item_key(s) for s in skus], args=fields)
-        logs = np.array(raw).astype(np.float64).reshape(len(skus), len(keys))
-        return np.exp(logs - now / np.array([self.windows_s[w] for w in windows]))
+        return np.array(raw).astype(np.float64).reshape(len(skus), len(keys)), taus
 
     def bestsellers(self, n: int) -> list[tuple[str, float]]:
         return [(s.decode(), score) for s, score in self.r.zrevrange(f"{self.p}bestsellers", 0, n - 1, withscores=True)]

@@ -34,18 +34,33 @@ class UserVectorStore:
         now = time.time() if now is None else now
         pipe = self.r.pipeline(transaction=False)
         for user, vec in vectors.items():
-            key = user_key(self.p, user, "vec")
-            pipe.hset(key, mapping={"version": version, "ts": repr(now),
-                                    "vector": np.asarray(vec, dtype=np.float32).tobytes()})
-            pipe.expire(key, self.ttl_s)
+            self.queue_put(pipe, version, user, vec, now)
         pipe.execute()
+
+    def queue_put(self, pipe, version: str, user: str, vec: np.ndarray, now: float) -> None:
+        """One user's vector written on `pipe` (serving writes the ones it recomputes behind the response)."""
+        key = user_key(self.p, user, "vec")
+        pipe.hset(key, mapping={"version": version, "ts": repr(now),
+                                "vector": np.asarray(vec, dtype=np.float32).tobytes()})
+        pipe.expire(key, self.ttl_s)
 
     def get_user(self, user: str, version: str) -> tuple[np.ndarray, float] | None:
         """(vector, computed-at) when a vector of this model version exists."""
-        raw = self.r.hgetall(user_key(self.p, user, "vec"))
-        if not raw or raw.get(b"version", b"").decode() != version:
+        stored = self.parse(self.r.hgetall(user_key(self.p, user, "vec")))
+        if stored is None or stored[0] != version:
             return None
-        return np.frombuffer(raw[b"vector"], dtype=np.float32), float(raw[b"ts"])
+        return stored[2], stored[1]
+
+    def queue_get(self, pipe, user: str) -> None:
+        """Read a user's stored vector on `pipe` (serving reads it with the user's state, in one round trip)."""
+        pipe.hgetall(user_key(self.p, user, "vec"))
+
+    @staticmethod
+    def parse(raw: dict) -> tuple[str, float, np.ndarray] | None:
+        """(model version, computed-at, vector) from the hash `queue_get` read; None when there is none."""
+        if not raw or b"vector" not in raw:
+            return None
+        return raw.get(b"version", b"").decode(), float(raw[b"ts"]), np.frombuffer(raw[b"vector"], dtype=np.float32)
 
     def put_cohorts(self, version: str, centroids: dict[str, np.ndarray]) -> None:
         key = f"{self.p}cohort:{version}"
@@ -54,9 +69,19 @@ class UserVectorStore:
         pipe.hset(key, mapping={c: np.asarray(v, dtype=np.float32).tobytes() for c, v in centroids.items()})
         pipe.execute()
 
+    def cohorts(self, version: str) -> dict[str, np.ndarray]:
+        """Every cohort centroid of a model version (serving holds them in memory: a few hundred vectors)."""
+        raw = self.r.hgetall(f"{self.p}cohort:{version}")
+        return {name.decode(): np.frombuffer(vec, dtype=np.float32) for name, vec in raw.items()}
+
     def cohort(self, version: str, device: str | None, geo: str | None, category: str | None) -> tuple[str, np.ndarray] | None:
-        keys = cohort_keys(device, geo, category)
-        for name, raw in zip(keys, self.r.hmget(f"{self.p}cohort:{version}", keys)):
-            if raw is not None:
-                return name, np.frombuffer(raw, dtype=np.float32)
-        return None
+        return nearest_cohort(self.cohorts(version), device, geo, category)
+
+
+def nearest_cohort(centroids: dict[str, np.ndarray], device: str | None, geo: str | None,
+                   category: str | None) -> tuple[str, np.ndarray] | None:
+    """The most specific cohort with a centroid, and its centroid."""
+    for name in cohort_keys(device, geo, category):
+        if name in centroids:
+            return name, centroids[name]
+    return None

@@ -44,10 +44,11 @@ def context(req: RecRequest, user: UserState, candidates: list[Pooled], counters
 
 
 class OnlineFeatures:
-    """Feature matrices for serving: one Redis call reads the candidates' counters."""
+    """Feature matrices for serving. `counters` answers `counter_matrix(skus, keys, now)`: the online
+    store (a Redis call per request), or a serving replica's snapshot of it (recsys/serve/item_counters.py)."""
 
-    def __init__(self, store: OnlineStore, items: ItemTable):
-        self.store, self.items = store, items
+    def __init__(self, counters: OnlineStore, items: ItemTable):
+        self.store, self.items = counters, items
 
     def matrix(self, req: RecRequest, user: UserState, candidates: list[Pooled], now: float | None = None
                ) -> np.ndarray:

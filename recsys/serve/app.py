@@ -2,11 +2,11 @@
 
 - `fused`: one deployment, the FastAPI ingress running every stage in-process. The right shape for a
   small machine: each extra deployment hop costs several ms here (shared/STACK-NOTES.md).
-- `split`: the ingress (HTTP, response cache, composition) plus one deployment per stage, each with
-  its own autoscaling_config, called through DeploymentHandles within the stage's time budget. The
-  shape for a cluster, where stages scale apart (a GPU ranker, many retrieval replicas).
+- `split`: the ingress (HTTP, composition) plus one deployment per stage of recsys/serve/graph.py,
+  each with its own autoscaling_config, called through DeploymentHandles within the stage's time
+  budget. The shape for a cluster, where stages scale apart (a GPU ranker, many retrieval replicas).
 
-The composition is the same Recommender in both: only the stage callers differ.
+The composition is the same Recommender over the same graph in both: only the stage callers differ.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from ray import serve
 
 from recsys.config import CONF_DIR
 from recsys.serve.api import api, set_recommender
+from recsys.serve.graph import GRAPH
 from recsys.serve.recommender import OverBudget
 from recsys.services.ray_head import RAY_ENV
 
@@ -36,42 +37,48 @@ def _quiet() -> None:
 @serve.deployment(name="recsys_api")
 @serve.ingress(api)
 class RecsysApi:
-    """The HTTP ingress. Fused: every stage in this replica. Split: stage handles passed in."""
+    """The HTTP ingress. Fused: every stage in this replica. Split: a handle per stage passed in."""
 
     def __init__(self, cfg_dict: dict, stage_handles: dict | None = None):
         from recsys.serve.recommender import Recommender
 
         _quiet()
-        stages = {name: RemoteStage(h) for name, h in stage_handles.items()} if stage_handles else None
-        set_recommender(Recommender(OmegaConf.create(cfg_dict), stages=stages))
+        cfg = OmegaConf.create(cfg_dict)
+        calls = None
+        if stage_handles:
+            calls = {name: RemoteStage(handle, float(cfg.serve.budgets_ms[name]) / 1000)
+                     for name, handle in stage_handles.items()}
+        set_recommender(Recommender(cfg, stages=calls))
 
 
 @serve.deployment
 class StageReplica:
-    """One pipeline stage in replicas of its own (topology split)."""
+    """One stage of recsys/serve/graph.py in replicas of its own (topology split): a call runs the
+    stage's declared method."""
 
     def __init__(self, name: str, cfg_dict: dict):
+        from recsys.serve.graph import GRAPH
         from recsys.serve.resources import Resources
-        from recsys.serve.stages import build_stage
 
         _quiet()
         cfg = OmegaConf.create(cfg_dict)
-        self.stage = build_stage(name, cfg, Resources(cfg))
+        stage = next(s for s in GRAPH if s.name == name)
+        self.method = stage.bind(stage.build(cfg, Resources(cfg)))
 
-    def __call__(self, method: str, *args):
-        return getattr(self.stage, method)(*args)
+    def __call__(self, *args):
+        return self.method(*args)
 
 
 class RemoteStage:
     """Calls a stage's deployment within the stage's budget; an overrun is cancelled."""
 
-    def __init__(self, handle):
-        self.handle = handle
+    def __init__(self, handle, budget_s: float):
+        self.handle, self.budget_s = handle, budget_s
 
-    def call(self, method: str, budget_s: float, *args):
-        response = self.handle.remote(method, *args)
+    def __call__(self, *args):
+        response = self.handle.remote(*args)
         try:
-            return response.result(timeout_s=budget_s)
+            return response.result(timeout_s=self.budget_s)
         except TimeoutError:
             response.cancel()
             raise OverBudget from None
@@ -84,20 +91,24 @@ def build_app(cfg):
         stage_handles, ingress_env = None, RAY_ENV
     elif s.topology == "split":
         stage_handles = {
-            name: StageReplica.options(
-                name=f"stage_{name}",
+            stage.name: StageReplica.options(
+                name=f"stage_{stage.name}",
                 ray_actor_options={"num_cpus": float(d.num_cpus), "runtime_env": {"env_vars": RAY_ENV}},
                 autoscaling_config=OmegaConf.to_container(d.autoscaling),
                 max_ongoing_requests=int(d.max_ongoing_requests),
-            ).bind(name, cfg_dict)
-            for name, d in s.stages.items()}
+            ).bind(stage.name, cfg_dict)
+            for stage in GRAPH for d in [s.stages[stage.name]]}
         ingress_env = SPLIT_INGRESS_ENV
     else:
         raise ValueError(f"serve.topology must be fused or split, not {s.topology!r}")
     ingress = RecsysApi.options(
         ray_actor_options={"num_cpus": float(s.replica_cpus), "runtime_env": {"env_vars": ingress_env}},
         autoscaling_config=OmegaConf.to_container(s.autoscaling),
+        # Admission control: past max_ongoing_requests running and max_queued_requests waiting, a replica
+        # answers 503 with Retry-After at once instead of queueing into seconds (conf/serve/fused.yaml).
         max_ongoing_requests=int(s.max_ongoing_requests),
+        max_queued_requests=int(s.max_queued_requests),
+        backpressure_config={"status_code": 503, "retry_after_s": float(s.retry_after_s)},
     )
     return ingress.bind(cfg_dict, stage_handles)
 

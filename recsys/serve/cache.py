@@ -30,23 +30,33 @@ class ResponseCache:
         return f"{self.store.p}rc:{req.surface}:{who}:{hashlib.sha1(context).hexdigest()[:16]}"
 
     def get(self, req: RecRequest) -> tuple[dict | None, int]:
-        """(the cached response or None, the user's version now: what a new entry must be stored with)."""
+        """(the cached response or None, the user's version now: what a new entry must be stored with).
+        Serving reads the entry in the features stage's one round trip instead (recsys/serve/stages/features.py)."""
         pipe = self.store.r.pipeline(transaction=False)
         if req.user_id:
             pipe.hget(self.store.user_key(req.user_id), "version")
         pipe.get(self.key(req))
         *version, raw = pipe.execute()
         now = int(version[0] or 0) if version else 0
+        return self.fresh(raw, now), now
+
+    @staticmethod
+    def fresh(raw: bytes | None, version: int) -> dict | None:
+        """The cached response in `raw` if it was computed at the user's current `version`."""
         if raw is None:
-            return None, now
+            return None
         entry = orjson.loads(raw)
-        return (entry["response"] if entry["version"] == now else None), now
+        return entry["response"] if entry["version"] == version else None
+
+    def entry(self, req: RecRequest, version: int, response: dict) -> tuple[str, bytes, int]:
+        """(key, value, ttl in ms) of the entry for `response`, computed at the user's `version`."""
+        body = {k: v for k, v in response.items() if k != "request_id"}
+        value = orjson.dumps({"version": version, "response": body}, option=orjson.OPT_SERIALIZE_NUMPY)
+        return self.key(req), value, self.ttl_ms[req.surface]
 
     def put(self, req: RecRequest, version: int, response: dict) -> None:
-        body = {k: v for k, v in response.items() if k != "request_id"}
-        self.store.r.set(self.key(req), orjson.dumps({"version": version, "response": body},
-                                                          option=orjson.OPT_SERIALIZE_NUMPY),
-                         px=self.ttl_ms[req.surface])
+        key, value, ttl_ms = self.entry(req, version, response)
+        self.store.r.set(key, value, px=ttl_ms)
 
     def clear(self) -> int:
         """Drop every cached rail (e.g. after a new model or topology goes live)."""

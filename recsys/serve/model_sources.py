@@ -1,9 +1,12 @@
-"""Candidate sources backed by the trained models: two-tower ANN over pgvector, and ALS.
+"""Candidate sources backed by the trained models: the two-tower's nearest items, and ALS.
 
-Both read the live versions from the registry when a replica starts. User vectors come from Redis
-(precomputed by the pipeline); when a user has new events and the vector is older than
-`serve.user_vector_refresh_s`, the ONNX user tower recomputes it from the last views and writes it
-back. A user with no history gets a cohort centroid (device x geo x the page's category).
+Both read the live versions from the registry when a replica starts. The two-tower searches the live
+item vector set with recsys/serve/vector_index.py (exact in memory, or pgvector HNSW for a large
+catalog). User vectors come from Redis (precomputed by the pipeline), read by the features stage with
+the user's state; when a user has new events and the vector is older than
+`serve.user_vector_refresh_s`, the ONNX user tower recomputes it from the last views and it is written
+back behind the response. A user with no history gets a cohort centroid (device x geo x the page's
+category), held in memory.
 """
 
 from __future__ import annotations
@@ -19,19 +22,22 @@ from recsys.catalog import vectors
 from recsys.features.online_store import UserState
 from recsys.models.als import ALSFactors
 from recsys.models.two_tower import OnnxUserTower
-from recsys.models.user_vectors import UserVectorStore
+from recsys.models.user_vectors import UserVectorStore, nearest_cohort
 from recsys.serve.request import Candidate, RecRequest
 from recsys.serve.resources import Resources
+from recsys.serve.vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
 
 
 class LiveModels:
-    """The live two-tower (ONNX user tower, item vectors) and ALS factors, or None when absent."""
+    """The live two-tower (ONNX user tower, item vectors and their index, cohort centroids) and ALS
+    factors, or None when absent."""
 
     def __init__(self, res: Resources):
-        self.two_tower = self.als = None
+        self.two_tower = self.als = self.items = None
         self.version = None
+        self.cohorts: dict[str, np.ndarray] = {}
         try:
             with res.pool.connection(timeout=2) as conn:
                 tt, als = registry.live(conn, "two_tower"), registry.live(conn, "als")
@@ -39,7 +45,9 @@ class LiveModels:
                 if tt and live:
                     skus, matrix = vectors.read_vectors(conn, live[0])
                     self.two_tower = OnnxUserTower(Path(tt.artifact_uri), live, skus, matrix)
+                    self.items = VectorIndex(*live, skus, matrix, res.pool, res.exact_max_items)
                     self.version = tt.version
+                    self.cohorts = UserVectorStore(res.store.r, res.store.p).cohorts(tt.version)
                 if als:
                     self.als = ALSFactors(Path(als.artifact_uri))
         except Exception as exc:
@@ -57,31 +65,27 @@ class TwoTowerANN:
 
     def _query(self, req: RecRequest, user: UserState) -> tuple[np.ndarray | None, str]:
         tt, version, now = self.models.two_tower, self.models.version, time.time()
-        cached = self.store.get_user(user.user_id, version) if user.user_id else None
-        fresh = cached is not None and (user.last_seen is None or user.last_seen <= cached[1]
-                                        or now - cached[1] < self.refresh_s)
-        if fresh:
-            return cached[0], "for you"
+        stored = user.stored_vector if user.stored_vector and user.stored_vector[0] == version else None
+        if stored is not None and (user.last_seen is None or user.last_seen <= stored[1] or now - stored[1] < self.refresh_s):
+            return stored[2], "for you"
         vec = tt.user_vector(user.views, now) if user.views else None
         if vec is not None:
-            self.store.put_users(version, {user.user_id: vec}, now=now)
+            if user.user_id:
+                self.res.writes.redis(lambda pipe: self.store.queue_put(pipe, version, user.user_id, vec, now))
             return vec, "for you"
         category = None
         if req.skus and self.res.catalog is not None and req.skus[0] in self.res.catalog.items.index:
             category = self.res.catalog.items.at[req.skus[0], "category"]
-        found = self.store.cohort(version, req.device or user.device, req.geo or user.geo, category)
+        found = nearest_cohort(self.models.cohorts, req.device or user.device, req.geo or user.geo, category)
         return (found[1], f"popular with shoppers like you ({found[0]})") if found else (None, "")
 
     def fetch(self, req: RecRequest, user: UserState, n: int) -> list[Candidate]:
-        tt = self.models.two_tower
-        if tt is None:
+        if self.models.two_tower is None:
             return []
         query, reason = self._query(req, user)
         if query is None:
             return []
-        with self.res.pool.connection(timeout=1) as conn:
-            rows = vectors.search(conn, tt.vector_set, tt.dim, query, n)
-        return [Candidate(sku, float(score), self.name, [reason]) for sku, score in rows]
+        return [Candidate(sku, score, self.name, [reason]) for sku, score in self.models.items.search(query, n)]
 
 
 class ALSSource:

@@ -19,6 +19,10 @@ from recsys.catalog import vectors
 from recsys.catalog.store import CatalogSnapshot, read_catalog
 from recsys.features import event_log
 from recsys.features.online_store import OnlineStore
+from recsys.rank.features import COUNTER_KEYS
+from recsys.serve.item_counters import ItemCounters
+from recsys.serve.vector_index import VectorIndex
+from recsys.serve.write_behind import WriteBehind
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,8 @@ class Resources:
         self.catalog: CatalogSnapshot | None = None
         self.content: tuple[str, int] | None = None        # live content vector set (version, dim)
         self.content_vectors: dict[str, np.ndarray] = {}
+        self.content_index: VectorIndex | None = None
+        self.exact_max_items = int(cfg.serve.exact_search_max_items)
         self.bestsellers: list[tuple[str, float]] = []
         self._next_refresh = 0.0
         self.producer = None
@@ -58,6 +64,12 @@ class Resources:
         # from glibc, and each replica grew ~100 MB per reload (the soak in docs/reliability.md).
         self._refresher = ThreadPoolExecutor(1, thread_name_prefix="snapshot-refresh")
         self._catalog_state = None   # what the catalog snapshot was read at (CATALOG_STATE, live content set)
+        self.item_counters = ItemCounters(self.store, list(COUNTER_KEYS))
+        self.counters_every_s = float(cfg.serve.item_counters_refresh_s)
+        self._next_counters = 0.0
+        w = cfg.serve.write_behind
+        self.writes = WriteBehind(self.store.r, self.impression_producer, float(w.flush_ms), int(w.max_batch),
+                                  int(w.max_queued))
         self.refresh(wait=True)
 
     def _configure(self, conn: psycopg.Connection) -> None:
@@ -69,13 +81,28 @@ class Resources:
         waits for it (reading 12k vectors takes longer than any request budget). The catalog and
         its vectors are read again only when CATALOG_STATE or the live content set changed. Old snapshots stay
         while Postgres is down; a failed load is retried after `retry_s`."""
-        if time.monotonic() < self._next_refresh or self._loading.locked():
+        now = time.monotonic()
+        if now >= self._next_counters and self.catalog is not None:
+            self._next_counters = now + self.counters_every_s
+            self._refresher.submit(self._read_counters)
+        if now < self._next_refresh or self._loading.locked():
             return
-        self._next_refresh = time.monotonic() + retry_s
+        self._next_refresh = now + retry_s
         if wait:
             self._load(max_age_s)
+            self._read_counters()
         else:
             self._refresher.submit(self._load, max_age_s)
+
+    def _read_counters(self) -> None:
+        """The item counters of every catalog SKU (recsys/serve/item_counters.py), every
+        `serve.item_counters_refresh_s` on the refresher thread."""
+        if self.catalog is None:
+            return
+        try:
+            self.item_counters.refresh(list(self.catalog.items.index))
+        except Exception as exc:
+            log.warning("item counters not refreshed: %s", exc)
 
     def _load(self, max_age_s: float) -> None:
         from recsys.services import Postgres
@@ -87,8 +114,10 @@ class Resources:
                     state = (conn.execute(CATALOG_STATE).fetchone(), content)
                     if state != self._catalog_state:   # rebuilding an unchanged catalog cost ~100 MB and a p95 spike
                         catalog = read_catalog(conn)
-                        content_vectors = dict(zip(*vectors.read_vectors(conn, content[0]))) if content else {}
-                        self.catalog, self.content, self.content_vectors = catalog, content, content_vectors
+                        skus, matrix = vectors.read_vectors(conn, content[0]) if content else ([], None)
+                        index = VectorIndex(*content, skus, matrix, self.pool, self.exact_max_items) if content else None
+                        self.catalog, self.content, self.content_index = catalog, content, index
+                        self.content_vectors = dict(zip(skus, matrix)) if content else {}
                         self._catalog_state = state
                     self.bestsellers = event_log.bestsellers(conn, int(self.cfg.serve.bestseller_days),
                                                              int(self.cfg.serve.bestseller_pool))

@@ -11,7 +11,6 @@ import time
 
 import numpy as np
 
-from recsys.catalog import vectors
 from recsys.features.online_store import UserState
 from recsys.serve.request import Candidate, RecRequest
 from recsys.serve.resources import Resources
@@ -51,7 +50,7 @@ class Trending:
 
 
 class _ContentNeighbours:
-    """Nearest neighbours of a query vector in the live content vector set (pgvector HNSW)."""
+    """Nearest neighbours of a query vector in the live content vector set (recsys/serve/vector_index.py)."""
 
     name = "content"
 
@@ -60,16 +59,14 @@ class _ContentNeighbours:
         self.session_views = int(res.cfg.serve.session_vector_views)
 
     def _search(self, anchors: list[str], n: int, reason: str) -> list[Candidate]:
-        if not self.res.content:
+        if self.res.content_index is None:
             return []
         found = [self.res.content_vectors[s] for s in anchors if s in self.res.content_vectors]
         if not found:
             return []
         query = np.mean(found, axis=0)
         query /= np.linalg.norm(query) or 1.0
-        version, dim = self.res.content
-        with self.res.pool.connection(timeout=1) as conn:
-            rows = vectors.search(conn, version, dim, query, n + len(anchors))
+        rows = self.res.content_index.search(query, n + len(anchors))
         anchor_set = set(anchors)
         return [Candidate(sku, float(score), self.name, [reason]) for sku, score in rows if sku not in anchor_set][:n]
 

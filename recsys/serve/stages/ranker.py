@@ -61,7 +61,7 @@ class LTRRanking:
                 record = registry.live(conn, "ranker")
                 if record is not None:
                     self.model = LTRRanker.load(Path(record.artifact_uri) / MODEL_FILE)
-                    self.features = OnlineFeatures(res.store, ItemTable.from_postgres(conn))
+                    self.features = OnlineFeatures(res.item_counters, ItemTable.from_postgres(conn))
         except Exception as exc:
             log.warning("no learning-to-rank model loaded (%s): ranking with the blend", exc)
 

@@ -1,14 +1,16 @@
 """Stage 2, retrieval: candidates from each source the surface names, up to its quota, pooled.
 
-The sources run in parallel on a small thread pool, each within its time budget: one that fails or
-overruns is left out and named in `degraded`, and the pool is built from the others. (A thread that
-overran finishes in the background; the dependency's own timeout bounds it.)
+The sources run one after the other in the request's thread: each reads in-memory snapshots (the
+vector sets, the ALS factors, the catalog's accessory graph, trending and bestsellers), so a thread per
+source would cost more than it saves. A source that fails, or answers past its budget, is left out and
+named in `degraded`, and is then benched for `serve.source_cooldown_s`: a dependency that hangs until
+its own timeout costs one request that time, not every request. Sources not yet started when the
+stage's budget is spent are skipped.
 """
 
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from omegaconf import OmegaConf
@@ -43,28 +45,38 @@ class Retrieval:
         self.res = res
         self.sources = {name: cls(res) for name, cls in SOURCES.items()}
         self.surfaces = OmegaConf.to_container(cfg.surfaces, resolve=True)
+        self.budget_s = float(cfg.serve.budgets_ms.retrieval) / 1000
         self.budgets_s = {name: ms / 1000 for name, ms in cfg.serve.budgets_ms.sources.items()}
-        self.threads = ThreadPoolExecutor(int(cfg.serve.source_threads), thread_name_prefix="source")
+        self.cooldown_s = float(cfg.serve.source_cooldown_s)
+        self.benched_until: dict[str, float] = {}
 
     def candidates(self, req: RecRequest, user: UserState) -> Retrieved:
         self.res.refresh()
         surface = self.surfaces[req.surface]
         quotas = {name: int(q) for name, q in surface["sources"].items()}
         started = time.perf_counter()
-        futures = {name: self.threads.submit(self.sources[name].fetch, req, user, quota)
-                   for name, quota in quotas.items()}
         per_source: dict[str, list[Candidate]] = {}
         degraded: list[str] = []
-        for name, future in futures.items():
+        for name, quota in quotas.items():
+            start = time.perf_counter()
+            if start - started > self.budget_s:
+                degraded.append(f"{name}: skipped, retrieval over its {self.budget_s * 1000:.0f} ms budget")
+                continue
+            if self.benched_until.get(name, 0.0) > start:
+                degraded.append(f"{name}: benched after a failure")
+                continue
             budget = self.budgets_s.get(name, self.budgets_s["default"])
             try:
-                per_source[name] = future.result(timeout=max(0.0, started + budget - time.perf_counter()))
+                found = self.sources[name].fetch(req, user, quota)
             except Exception as exc:
-                if future.done():
-                    degraded.append(f"{name}: {type(exc).__name__}")
-                else:
-                    future.cancel()
-                    degraded.append(f"{name}: over its {budget * 1000:.0f} ms budget")
+                degraded.append(f"{name}: {type(exc).__name__}")
+                self.benched_until[name] = time.perf_counter() + self.cooldown_s
+                continue
+            if time.perf_counter() - start > budget:
+                degraded.append(f"{name}: over its {budget * 1000:.0f} ms budget")
+                self.benched_until[name] = time.perf_counter() + self.cooldown_s
+                continue
+            per_source[name] = found
         return Retrieved(self._pool(per_source, quotas, excluded_skus(req, user, surface)), degraded)
 
     def _pool(self, per_source: dict[str, list[Candidate]], quotas: dict[str, int], excluded: set[str]) -> list[Pooled]:
