@@ -48,7 +48,8 @@ models = None
 res = SimpleNamespace(pool=SimpleNamespace(connection=lambda timeout: nullcontext()),
                       store=SimpleNamespace(r=SimpleNamespace(hgetall=lambda key: {{}}), p="test:"),
                       cfg=SimpleNamespace(serve=SimpleNamespace(user_vector_refresh_s=60.0)),
-                      exact_max_items=100, live_models=lambda: models)
+                      live_models=lambda: models)
+res.vector_index = lambda *a: ('index of', a[0])
 models = LiveModels(res)
 TwoTowerANN(res), ALSSource(res), LTRRanking(SimpleNamespace(surfaces={{}}), res)
 

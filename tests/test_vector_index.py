@@ -36,3 +36,20 @@ def test_exact_and_hnsw_paths_return_the_same_top_k(world, vector_set):
             assert [s for s, _ in a] == [s for s, _ in b]
             assert np.allclose([v for _, v in a], [v for _, v in b], atol=1e-5)
         assert exact.search(matrix[3], 1)[0] == (skus[3], pytest.approx(1.0, abs=1e-5))
+
+
+def test_a_wide_set_is_scanned_in_its_principal_components_and_reranked_exactly():
+    rng = np.random.default_rng(9)
+    skus = [f"s{i}" for i in range(3000)]
+    centers = rng.normal(size=(40, 256))
+    matrix = (centers[rng.integers(0, 40, len(skus))] + 0.5 * rng.normal(size=(len(skus), 256))).astype(np.float32)
+    exact = VectorIndex("wide", 256, skus, matrix, None, exact_max_items=len(skus))
+    scanned = VectorIndex("wide", 256, skus, matrix, None, exact_max_items=len(skus), scan_dims=48, rerank_factor=4)
+    assert exact.exact and not scanned.exact and scanned.projection.shape == (256, 48)
+    recalls = []
+    for i in range(0, 3000, 150):
+        want, got = exact.search(matrix[i], 60), scanned.search(matrix[i], 60)
+        recalls.append(len({s for s, _ in want} & {s for s, _ in got}) / 60)
+        assert got == sorted(got, key=lambda pair: -pair[1])            # best first, exact cosines
+        assert got[0] == (skus[i], pytest.approx(1.0, abs=1e-5))
+    assert np.mean(recalls) >= 0.95, recalls

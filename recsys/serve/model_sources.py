@@ -25,7 +25,6 @@ from recsys.models.two_tower import OnnxUserTower
 from recsys.models.user_vectors import UserVectorStore, nearest_cohort
 from recsys.serve.request import Candidate, RecRequest
 from recsys.serve.resources import Resources
-from recsys.serve.vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +44,7 @@ class LiveModels:
                 if tt and live:
                     skus, matrix = vectors.read_vectors(conn, live[0])
                     self.two_tower = OnnxUserTower(Path(tt.artifact_uri), live, skus, matrix)
-                    self.items = VectorIndex(*live, skus, matrix, res.pool, res.exact_max_items)
+                    self.items = res.vector_index(*live, skus, matrix)
                     self.version = tt.version
                     self.cohorts = UserVectorStore(res.store.r, res.store.p).cohorts(tt.version)
                 if als:

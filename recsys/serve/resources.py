@@ -51,7 +51,6 @@ class Resources:
         self.content: tuple[str, int] | None = None        # live content vector set (version, dim)
         self.content_vectors: dict[str, np.ndarray] = {}
         self.content_index: VectorIndex | None = None
-        self.exact_max_items = int(cfg.serve.exact_search_max_items)
         self.bestsellers: list[tuple[str, float]] = []
         self._next_refresh = 0.0
         self.producer = None
@@ -115,7 +114,7 @@ class Resources:
                     if state != self._catalog_state:   # rebuilding an unchanged catalog cost ~100 MB and a p95 spike
                         catalog = read_catalog(conn)
                         skus, matrix = vectors.read_vectors(conn, content[0]) if content else ([], None)
-                        index = VectorIndex(*content, skus, matrix, self.pool, self.exact_max_items) if content else None
+                        index = self.vector_index(*content, skus, matrix) if content else None
                         self.catalog, self.content, self.content_index = catalog, content, index
                         self.content_vectors = dict(zip(skus, matrix)) if content else {}
                         self._catalog_state = state
@@ -129,6 +128,12 @@ class Resources:
                     self.bestsellers = self.store.bestsellers(int(self.cfg.serve.bestseller_pool))
                 except Exception as exc:
                     log.warning("no bestsellers available: %s", exc)
+
+    def vector_index(self, version: str, dim: int, skus: list[str], matrix: np.ndarray) -> VectorIndex:
+        """A live vector set searchable as serving is configured to (recsys/serve/vector_index.py)."""
+        s = self.cfg.serve
+        return VectorIndex(version, dim, skus, matrix, self.pool, int(s.exact_search_max_items),
+                           int(s.vector_scan_dims), int(s.vector_rerank_factor))
 
     def live_models(self):
         """The live two-tower and ALS (loaded once per replica, on first use)."""
