@@ -176,6 +176,7 @@ def test_serving_retrieves_with_the_live_two_tower_and_als(head):
     fresh_user = f"tt-{time.time_ns()}"
     newcomer = UserState(user_id=fresh_user, views=views, last_seen=time.time())
     assert two_tower.fetch(RecRequest(surface="homepage_hero", user_id=fresh_user), newcomer, 10)[0].reasons == ["for you"]
-    assert two_tower.store.get_user(fresh_user, two_tower.models.version) is not None   # written back
+    res.writes.flush()                                                                  # written behind the response
+    assert two_tower.store.get_user(fresh_user, two_tower.models.version) is not None
     assert len(als.fetch(RecRequest(surface="homepage_hero", user_id=user), state, 30)) == 30
     assert len(als.fetch(RecRequest(surface="homepage_hero", user_id=fresh_user), newcomer, 30)) == 30
