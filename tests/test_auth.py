@@ -282,7 +282,7 @@ def test_an_impression_backlog_never_delays_event_acks(world, keys, sku):
         for i in range(5):
             assert c.get("/v1/recommendations/homepage_hero", params={"user_id": f"imp-{i}"}).status_code == 200
         for i in range(20_000):
-            res.impressions.send_impression({"user_id": f"backlog-{i}", "skus": [sku] * 12})
+            res.impressions.send_impressions([{"user_id": f"backlog-{i}", "skus": [sku] * 12}])
         assert len(res.impressions._producer) > 5_000   # a real backlog, waiting on a dead broker
         start = time.monotonic()
         r = c.post("/v1/events", json=[event(sku) for _ in range(5)], headers=bearer(keys["storefront"]))

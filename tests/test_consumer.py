@@ -98,3 +98,21 @@ def test_events_reach_redis_and_the_log_bad_ones_the_dlq_and_replay_is_harmless(
     assert again["logged"] == 0 and again["applied"] == 0
     assert replay.store.user_state(user, now=now) == state
     assert pg.execute("SELECT count(*) FROM events WHERE user_id = %s", (user,)).fetchone()[0] == 4
+
+
+def test_a_replicas_batch_of_impressions_is_one_message_and_every_row_lands_once(topic_cfg, pg):
+    cfg = topic_cfg
+    tag = uuid.uuid4().hex[:8]
+    batch = [{"request_id": f"imp-{tag}-{i}", "ts": time.time(), "surface": "homepage_hero", "user_id": f"u-{tag}",
+              "skus": ["A", "B"], "sources": ["two_tower", "als"], "degraded": []} for i in range(30)]
+    producer = EventProducer(Kafka(cfg).bootstrap, cfg.services.kafka.topics)
+    producer.send_impressions(batch)
+    producer.send_impressions(batch[:5])        # a replay: stored once
+    producer.flush(10)
+    consumer = FeatureConsumer(cfg, group_id=f"g-{uuid.uuid4().hex}")
+    try:
+        drain(consumer, 2)
+    finally:
+        consumer.close()
+    stored = pg.execute("SELECT count(*) FROM impressions WHERE request_id LIKE %s", (f"imp-{tag}-%",)).fetchone()[0]
+    assert stored == 30

@@ -123,7 +123,8 @@ def test_a_failing_source_and_a_slow_stage_degrade_to_fallbacks(recommender, sho
 
 def test_second_request_is_a_cache_hit_until_the_user_acts(recommender, shopper, monkeypatch):
     logged = []
-    monkeypatch.setattr(recommender.res.impression_producer(), "send_impression", lambda i: logged.append(i["request_id"]))
+    monkeypatch.setattr(recommender.res.impression_producer(), "send_impressions",
+                        lambda batch: logged.extend(i["request_id"] for i in batch))
     store = recommender.res.store
     user = f"cache-{uuid.uuid4().hex[:8]}"
     store.apply([Event(type="product_viewed", user_id=user, sku=shopper["device"])], {})

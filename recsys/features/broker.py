@@ -82,11 +82,14 @@ class EventProducer:
             ((self.topics.dlq, str(l.get("user_id") or "unknown"), json.dumps(l, default=str).encode())
              for l in letters), timeout)
 
-    def send_impression(self, impression: dict) -> None:
-        """Fire and forget: serving never waits on the impression log."""
+    def send_impressions(self, impressions: list[dict]) -> None:
+        """Fire and forget, as one message (a JSON list): serving never waits on the impression log, and
+        a replica's batch costs the broker and the consumer one message, not one per response."""
+        if not impressions:
+            return
         try:
-            self._producer.produce(self.topics.impressions, key=str(impression.get("user_id") or "").encode(),
-                                   value=json.dumps(impression, default=str).encode())
+            self._producer.produce(self.topics.impressions, key=str(impressions[0].get("user_id") or "").encode(),
+                                   value=json.dumps(impressions, default=str).encode())
             self._producer.poll(0)
         except BufferError:
             pass

@@ -124,11 +124,13 @@ class FeatureConsumer:
         events, impressions = [], []
         for m in messages:
             if m.topic() == self.impressions_topic:
-                try:
-                    impression = json.loads(m.value())
-                    if not isinstance(impression, dict):
-                        raise ValueError(f"an impression is a JSON object, not {type(impression).__name__}")
-                    impressions.append((m, impression))
+                try:   # one impression, or a replica's batch of them (recsys/serve/write_behind.py)
+                    value = json.loads(m.value())
+                    batch_of = value if isinstance(value, list) else [value]
+                    for impression in batch_of:
+                        if not isinstance(impression, dict):
+                            raise ValueError(f"an impression is a JSON object, not {type(impression).__name__}")
+                    impressions.extend((m, impression) for impression in batch_of)
                 except (ValueError, TypeError) as exc:
                     batch.letters.append(DeadLetter.of_message(m, f"impression: {exc}"))
                 continue
@@ -190,7 +192,9 @@ class FeatureConsumer:
         return self._isolated(items[:mid], write, letters) + self._isolated(items[mid:], write, letters)
 
     def _send_dead_letters(self, letters: list[DeadLetter]) -> int:
-        """Record the letters once each, publish those not yet on the topic; return how many were new."""
+        """Record the letters once each, publish those not yet on the topic; return how many were new.
+        A message is one letter (its whole payload), however many of the impressions it batches failed."""
+        letters = list({l.letter_id: l for l in reversed(letters)}.values())[::-1]   # the first reason stands
         pending = dead_letters.record(self.conn, letters)
         if pending:
             self.dlq.send_dead_letters([l.as_message() for l in pending])

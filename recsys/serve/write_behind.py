@@ -2,7 +2,7 @@
 
 They are queued in the replica and written by one background thread every `serve.write_behind.flush_ms`
 (sooner once `max_batch` are queued): the Redis writes of all queued requests in one pipeline, the
-impressions handed to the broker's producer together. A cache miss saves a Redis round trip and the
+impressions as one broker message. A cache miss saves a Redis round trip and the
 impression's encoding, and Redis and the broker see a few large batches instead of many small ones.
 
 The queue is bounded (`max_queued`): when the writer cannot keep up (Redis or the broker down for
@@ -78,10 +78,8 @@ class WriteBehind:
 
     def _write_impressions(self) -> None:
         impressions = _drain(self.impressions)
-        if impressions:
-            producer = self.impression_producer()
-            for impression in impressions:
-                producer.send_impression(impression)
+        for start in range(0, len(impressions), self.max_batch):
+            self.impression_producer().send_impressions(impressions[start:start + self.max_batch])
 
 
 def _drain(queue: deque) -> list:
