@@ -1,5 +1,6 @@
 """`make bench`: ingestion throughput and freshness; the serving pipeline in-process (the floor); the
-ANN query alone; HTTP latency per surface for each topology; a soak and chaos faults under a mixed load
+ANN query alone; HTTP serving for each topology (the saturation curve with wrk, latency per surface at a
+fixed rate, cache hits, CPU per request by process); a soak and chaos faults under a mixed load
 (docs/reliability.md). Written to docs/benchmarks.*
 
 `recsys bench --only floor,ann` runs some of them: models, ingest, floor, ann, http, soak, chaos.
@@ -26,6 +27,10 @@ def run_bench(cfg, only: str | None = None, docs: Path = DOCS, overrides: list[s
     if wanted - set(PARTS):
         raise SystemExit(f"unknown benchmark(s) {sorted(wanted - set(PARTS))}; known: {', '.join(PARTS)}")
     b = cfg.bench
+    if "http" in wanted:   # before minutes of bring-up
+        from recsys.bench.wrk import require_wrk
+
+        require_wrk()
     url = bring_up(cfg, overrides) if wanted - {"chaos"} else None   # chaos brings up a stack of its own
     if "models" in wanted:  # the live models' offline metrics, as their training jobs measured them
         from recsys.bench.models import record_models
@@ -36,13 +41,12 @@ def run_bench(cfg, only: str | None = None, docs: Path = DOCS, overrides: list[s
         for name, (value, unit) in figures.items():
             print(f"  {name:<34} {value:10.1f} {unit}")
         record(figures, COMMAND, docs)
-    paths = http.sample(cfg, http.paths_needed(b)) if wanted & {"floor", "http"} else {}
     if "floor" in wanted:
-        record(bench_floor(cfg, paths, int(b.floor_requests)), COMMAND, docs)
+        record(bench_floor(cfg, http.sample(cfg, int(b.floor_requests)), int(b.floor_requests)), COMMAND, docs)
     if "ann" in wanted:
         record(bench_ann(cfg, int(b.ann_queries), int(b.ann_k)), COMMAND, docs)
-    if "http" in wanted:
-        record(http.bench_http(cfg, paths), COMMAND, docs)
+    if "http" in wanted:  # replaces every serve.<topology>.* figure: names a change of the bench retired go
+        record(http.bench_http(cfg, live_url=url), COMMAND, docs, drop_prefixes=http.owned_prefixes(cfg))
     if "soak" in wanted:  # the running stack, at a share of the saturation rate the HTTP part measured
         from recsys.bench.soak import bench_soak
 

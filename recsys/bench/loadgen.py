@@ -25,25 +25,26 @@ class LoadResult:
     p95_ms: float
     p99_ms: float
     degraded: int = 0      # answered, but without some stage or source (listed in the body's `degraded`)
+    shed: int = 0          # of the errors, 503s: load the server refused rather than failed on
 
     def line(self) -> str:
         return (f"{self.rate:>5.0f} req/s asked, {self.achieved:6.1f} done, p50 {self.p50_ms:6.1f} ms, "
-                f"p95 {self.p95_ms:6.1f} ms, p99 {self.p99_ms:6.1f} ms, errors {self.errors}/{self.sent}, "
-                f"degraded {self.degraded}")
+                f"p95 {self.p95_ms:6.1f} ms, p99 {self.p99_ms:6.1f} ms, errors {self.errors}/{self.sent} "
+                f"({self.shed} shed), degraded {self.degraded}")
 
 
 async def _run(base_url: str, paths: list[str], rate: float, duration_s: float, concurrency: int,
                timeout_s: float) -> LoadResult:
     n = max(1, int(rate * duration_s))
     latencies: list[float] = []
-    errors = degraded = 0
+    errors = degraded = shed = 0
     gate = asyncio.Semaphore(concurrency)
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     async with aiohttp.ClientSession(base_url=base_url, connector=connector, timeout=timeout) as client:
 
         async def one(path: str, due: float) -> None:
-            nonlocal errors, degraded
+            nonlocal errors, degraded, shed
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
             async with gate:
                 start = time.perf_counter()
@@ -56,6 +57,7 @@ async def _run(base_url: str, paths: list[str], rate: float, duration_s: float, 
                         body = await response.read()
                     if response.status >= 400:
                         errors += 1
+                        shed += response.status == 503
                     elif b'"degraded":[' in body and b'"degraded":[]' not in body:
                         degraded += 1
                 except (aiohttp.ClientError, asyncio.TimeoutError):
@@ -68,7 +70,7 @@ async def _run(base_url: str, paths: list[str], rate: float, duration_s: float, 
         elapsed = time.perf_counter() - begin
     arr = np.array(latencies)
     return LoadResult(rate, (n - errors) / elapsed, n, errors, *(float(np.percentile(arr, q)) for q in (50, 95, 99)),
-                      degraded)
+                      degraded, shed)
 
 
 def run_load(base_url: str, paths: list[str], rate: float, duration_s: float, concurrency: int = 32,

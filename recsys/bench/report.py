@@ -26,12 +26,16 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {mem_kb / 2**20:.0f} GiB, {platform.system()} {platform.release()}"
 
 
-def record(figures: dict[str, tuple[float, str]], command: str, docs: Path = DOCS, where: str | None = None) -> None:
+def record(figures: dict[str, tuple[float, str]], command: str, docs: Path = DOCS, where: str | None = None,
+           drop_prefixes: list[str] | tuple[str, ...] = ()) -> None:
     """Merge figures {name: (value, unit)} into benchmarks.json and rewrite benchmarks.md.
-    `where` names the machine when it is not this one (a lent GPU machine)."""
+    `where` names the machine when it is not this one (a lent GPU machine). A figure under one of
+    `drop_prefixes` that `figures` does not have is removed: the command owns those names, and one it no
+    longer measures would otherwise keep an old number in the docs."""
     docs.mkdir(parents=True, exist_ok=True)
     path = docs / "benchmarks.json"
     data = json.loads(path.read_text()) if path.exists() else {}
+    data = {k: v for k, v in data.items() if k in figures or not k.startswith(tuple(drop_prefixes))}
     today, where = date.today().isoformat(), where or machine()
     for name, (value, unit) in figures.items():
         data[name] = {"value": round(float(value), 4), "unit": unit, "command": command, "date": today,
