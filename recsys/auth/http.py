@@ -7,6 +7,7 @@ from typing import Callable
 
 from fastapi import HTTPException, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from recsys.auth.keys import ApiKey
 from recsys.auth.verifier import AuthError
@@ -15,22 +16,26 @@ bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer rk_<rol
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the same key in X-API-Key")
 
 
-def presented_key(credentials: HTTPAuthorizationCredentials | None = Security(bearer),
-                  header_key: str | None = Security(api_key_header)) -> str | None:
+async def presented_key(credentials: HTTPAuthorizationCredentials | None = Security(bearer),
+                        header_key: str | None = Security(api_key_header)) -> str | None:
     return header_key or (credentials.credentials if credentials else None)
 
 
 def require_role(needed: str | tuple[str, ...], resources_of: Callable[[Request], object],
                  public_when: Callable[[object], bool] | None = None):
     """A dependency: the caller's ApiKey when it holds `needed` (or admin), else 401/403/503.
-    `public_when(cfg)` true: no key needed (the dependency returns None)."""
+    `public_when(resources)` true: no key needed (the dependency returns None).
 
-    def dependency(request: Request, key: str | None = Security(presented_key)) -> ApiKey | None:
+    Async, so FastAPI runs it on the event loop instead of handing it to a worker thread (a sync
+    dependency costs a thread hop per request, the largest single cost of a cached answer); the key
+    check itself may read Postgres, so it runs on a worker thread, and only when a key is needed."""
+
+    async def dependency(request: Request, key: str | None = Security(presented_key)) -> ApiKey | None:
         res = resources_of(request)
-        if public_when is not None and public_when(res.cfg):
+        if public_when is not None and public_when(res):
             return None
         try:
-            return res.key_verifier().require(key, needed)
+            return await run_in_threadpool(res.key_verifier().require, key, needed)
         except AuthError as exc:
             raise HTTPException(exc.status, exc.detail, headers=exc.headers) from None
 

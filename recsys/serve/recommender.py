@@ -42,6 +42,8 @@ class Recommender:
         self.cfg = cfg
         self.res = resources or Resources(cfg)
         self.surfaces = OmegaConf.to_container(cfg.surfaces, resolve=True)  # plain dicts: hot path
+        self.max_context_skus = int(cfg.serve.max_context_skus)       # the API's limits, read once: an
+        self.max_body_bytes = int(cfg.serve.max_body_bytes)           # OmegaConf lookup per request costs
         self.budgets_s = {stage.name: float(cfg.serve.budgets_ms[stage.name]) / 1000 for stage in GRAPH}
         self.deadline_s = float(cfg.serve.deadline_ms) / 1000
         self.cache = ResponseCache(self.res.store, self.surfaces)

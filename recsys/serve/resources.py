@@ -63,6 +63,7 @@ class Resources:
         # from glibc, and each replica grew ~100 MB per reload (the soak in docs/reliability.md).
         self._refresher = ThreadPoolExecutor(1, thread_name_prefix="snapshot-refresh")
         self._catalog_state = None   # what the catalog snapshot was read at (CATALOG_STATE, live content set)
+        self.public_recommendations = bool(cfg.auth.public_recommendations)   # read per request: a plain bool
         self.item_counters = ItemCounters(self.store, list(COUNTER_KEYS))
         self.counters_every_s = float(cfg.serve.item_counters_refresh_s)
         self._next_counters = 0.0
