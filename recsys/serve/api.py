@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from recsys.auth import ROLES, ApiKey, create_key, list_keys, revoke_key
 from recsys.auth.http import require_role
 from recsys.features.events import PRINTABLE, IntakeLimits, Text, parse_event
+from recsys.serve.admission import LoopLagAdmission
 from recsys.serve.limits import DEFAULT_MAX_BODY_BYTES, BodySizeLimit, sku_list
 from recsys.serve.request import RecRequest
 
@@ -105,6 +106,13 @@ def _max_body_bytes() -> int:
 
 
 api.add_middleware(BodySizeLimit, limit=_max_body_bytes)
+
+
+def _admission() -> tuple[float, int] | None:
+    return _recommender.admission if _recommender is not None else None
+
+
+api.add_middleware(LoopLagAdmission, limits=_admission)   # added last: the outermost, it sheds before anything parses
 
 
 @api.exception_handler(psycopg.OperationalError)

@@ -29,9 +29,9 @@ class BodySizeLimit:
         length = dict(scope["headers"]).get(b"content-length")
         try:
             if length is not None and int(length) > limit:
-                return await _refuse(send, 413, f"request body over {limit} bytes")
+                return await refuse(send, 413, f"request body over {limit} bytes")
         except ValueError:
-            return await _refuse(send, 400, "Content-Length is not a number")
+            return await refuse(send, 400, "Content-Length is not a number")
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
@@ -40,7 +40,7 @@ class BodySizeLimit:
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > limit:
-                return await _refuse(send, 413, f"request body over {limit} bytes")
+                return await refuse(send, 413, f"request body over {limit} bytes")
             more = message.get("more_body", False)
         await self.app(scope, _replay([{"type": "http.request", "body": b"".join(chunks), "more_body": False}],
                                       receive), send)
@@ -54,10 +54,12 @@ def _replay(messages: list[dict], then=None):
     return receive
 
 
-async def _refuse(send, status: int, detail: str) -> None:
+async def refuse(send, status: int, detail: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    """Answer `status` with {"detail": ...} before any handler ran."""
     body = orjson.dumps({"detail": detail})
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *headers]})
     await send({"type": "http.response.body", "body": body})
 
 

@@ -44,6 +44,8 @@ class Recommender:
         self.surfaces = OmegaConf.to_container(cfg.surfaces, resolve=True)  # plain dicts: hot path
         self.max_context_skus = int(cfg.serve.max_context_skus)       # the API's limits, read once: an
         self.max_body_bytes = int(cfg.serve.max_body_bytes)           # OmegaConf lookup per request costs
+        lag_ms = float(cfg.serve.admission_max_lag_ms)              # recsys/serve/admission.py
+        self.admission = (lag_ms / 1000, int(cfg.serve.retry_after_s)) if lag_ms > 0 else None
         self.budgets_s = {stage.name: float(cfg.serve.budgets_ms[stage.name]) / 1000 for stage in GRAPH}
         self.deadline_s = float(cfg.serve.deadline_ms) / 1000
         self.cache = ResponseCache(self.res.store, self.surfaces)
