@@ -15,6 +15,7 @@ from pgvector.psycopg import register_vector
 from psycopg import sql
 
 VERSION_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+TABLE = "item_vectors"
 
 
 def _checked(version: str) -> str:
@@ -43,19 +44,52 @@ def write_vectors(conn: psycopg.Connection, version: str, purpose: str, skus: li
             copy.set_types(["text", "text", "vector"])
             for sku, vec in zip(skus, vectors.astype(np.float32)):
                 copy.write_row((version, sku, vec))
-    name = index_name(version)
-    conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(name)))
-    conn.execute(sql.SQL(
-        "CREATE INDEX {name} ON item_vectors USING hnsw ((embedding::vector({dim})) vector_cosine_ops) "
-        "WITH (m = {m}, ef_construction = {ef}) WHERE model_version = {version}").format(
-        name=sql.Identifier(name), dim=sql.Literal(dim), m=sql.Literal(m), ef=sql.Literal(ef_construction),
-        version=sql.Literal(version)))
+    name = create_index(conn, version, dim, m, ef_construction)
     conn.execute("ANALYZE item_vectors")
     conn.execute("UPDATE vector_sets SET index_name = %s, "
                  "state = CASE WHEN state = 'live' THEN 'live' ELSE 'ready' END WHERE model_version = %s",
                  (name, version))
     if not conn.autocommit:
         conn.commit()
+
+
+def create_index(conn: psycopg.Connection, version: str, dim: int, m: int, ef_construction: int,
+                 table: str = TABLE, name: str | None = None) -> str:
+    """(Re)build the partial HNSW index of one set in `table` (item_vectors, or a scratch copy with its
+    columns: recsys/bench/ann.py); returns the index name."""
+    version, name = _checked(version), name or index_name(version)
+    conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(name)))
+    conn.execute(sql.SQL(
+        "CREATE INDEX {name} ON {table} USING hnsw ((embedding::vector({dim})) vector_cosine_ops) "
+        "WITH (m = {m}, ef_construction = {ef}) WHERE model_version = {version}").format(
+        name=sql.Identifier(name), table=sql.Identifier(table), dim=sql.Literal(dim), m=sql.Literal(int(m)),
+        ef=sql.Literal(int(ef_construction)), version=sql.Literal(version)))
+    return name
+
+
+def index_params(conn: psycopg.Connection, name: str) -> dict[str, int]:
+    """The build parameters of an existing HNSW index ({} when it does not exist); pgvector's defaults
+    (m 16, ef_construction 64) where the index was built without them."""
+    row = conn.execute("SELECT c.reloptions FROM pg_class c WHERE c.relname = %s AND c.relkind = 'i'",
+                       (name,)).fetchone()
+    if row is None:
+        return {}
+    params = {"m": 16, "ef_construction": 64}
+    for option in row[0] or []:
+        key, _, value = option.partition("=")
+        params[key] = int(value)
+    return params
+
+
+def hnsw_params(embedding_cfg, purpose: str) -> tuple[int, int, int]:
+    """(m, ef_construction, ef_search) for a set of this purpose: `embedding.<purpose>_hnsw` where the
+    config has it (the two-tower set: `retrieval_hnsw`), else `embedding.hnsw_*` (the content set)."""
+    default = (int(embedding_cfg.hnsw_m), int(embedding_cfg.hnsw_ef_construction), int(embedding_cfg.hnsw_ef_search))
+    own = embedding_cfg.get(f"{purpose}_hnsw") if hasattr(embedding_cfg, "get") else None
+    if not own:
+        return default
+    return (int(own.get("m", default[0])), int(own.get("ef_construction", default[1])),
+            int(own.get("ef_search", default[2])))
 
 
 def make_live(conn: psycopg.Connection, version: str) -> None:
@@ -107,18 +141,19 @@ def set_ef_search(conn: psycopg.Connection, ef_search: int) -> None:
     conn.execute(sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(int(ef_search))))
 
 
-def search_sql(version: str, dim: int) -> sql.Composed:
+def search_sql(version: str, dim: int, table: str = TABLE) -> sql.Composed:
     """The nearest-neighbour query for one set. Version and dim are literals so that the planner can
     match the partial expression index (a parameter would hide the predicate in a generic plan).
     The query vector travels in binary: formatting 384 floats as text costs more than the search."""
     cast = sql.SQL("embedding::vector({})").format(sql.Literal(dim))
     return sql.SQL(
-        "SELECT sku, 1 - ({cast} <=> %(q)b::vector({dim})) AS score FROM item_vectors "
+        "SELECT sku, 1 - ({cast} <=> %(q)b::vector({dim})) AS score FROM {table} "
         "WHERE model_version = {version} ORDER BY {cast} <=> %(q)b::vector({dim}) LIMIT %(k)s").format(
-        cast=cast, dim=sql.Literal(dim), version=sql.Literal(_checked(version)))
+        cast=cast, dim=sql.Literal(dim), table=sql.Identifier(table), version=sql.Literal(_checked(version)))
 
 
-def search(conn: psycopg.Connection, version: str, dim: int, query: np.ndarray, k: int) -> list[tuple[str, float]]:
+def search(conn: psycopg.Connection, version: str, dim: int, query: np.ndarray, k: int,
+           table: str = TABLE) -> list[tuple[str, float]]:
     """Top-k (sku, cosine similarity) through the HNSW index, in one round trip on a connection that
     went through `prepare`."""
-    return conn.execute(search_sql(version, dim), {"q": np.asarray(query, dtype=np.float32), "k": k}).fetchall()
+    return conn.execute(search_sql(version, dim, table), {"q": np.asarray(query, dtype=np.float32), "k": k}).fetchall()

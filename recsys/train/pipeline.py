@@ -116,8 +116,8 @@ def run(cfg) -> dict:
     item_vectors = model.item_vectors().detach().cpu().numpy()
     tt_version, als_version = f"two-tower-{version}", f"als-{version}"
     with psycopg.connect(Postgres(cfg).dsn, autocommit=True) as conn:
-        vectors.write_vectors(conn, tt_version, "retrieval", catalog.skus, item_vectors,
-                              int(cfg.embedding.hnsw_m), int(cfg.embedding.hnsw_ef_construction))
+        m, ef_construction, _ = vectors.hnsw_params(cfg.embedding, "retrieval")  # embedding.retrieval_hnsw
+        vectors.write_vectors(conn, tt_version, "retrieval", catalog.skus, item_vectors, m, ef_construction)
         ann = evaluate.ann_report(conn, tt_version, model, catalog, data, rng, cfg)
         metrics.update(ann)
         for name, value in ann.items():
