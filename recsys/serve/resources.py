@@ -74,7 +74,8 @@ class Resources:
 
     def _configure(self, conn: psycopg.Connection) -> None:
         """Each new pooled connection: vector types and HNSW ef_search set once, so a search is one round trip."""
-        vectors.prepare(conn, int(self.cfg.embedding.hnsw_ef_search))
+        # the widest search any live set needs (the two-tower set's recall needs 200; docs/benchmarks-ann.md)
+        vectors.prepare(conn, max(vectors.hnsw_params(self.cfg.embedding, p)[2] for p in ("content", "retrieval")))
 
     def refresh(self, max_age_s: float = 300.0, retry_s: float = 10.0, wait: bool = False) -> None:
         """Reload the snapshots from Postgres when stale, in a background thread: a request never

@@ -90,7 +90,7 @@ def ann_report(conn: psycopg.Connection, version: str, model: TwoTowerModel, cat
     vectors.prepare(conn)
     for u, q, target in zip(users, user_vecs, targets):
         excluded = set(bought[u].tolist()) - {int(target)}  # as in the exact evaluation
-        vectors.set_ef_search(conn, max(int(cfg.embedding.hnsw_ef_search), k + len(excluded)))
+        vectors.set_ef_search(conn, max(vectors.hnsw_params(cfg.embedding, "retrieval")[2], k + len(excluded)))
         rows = vectors.search(conn, version, items.shape[1], q, k + len(excluded))
         found = [index[sku] for sku, _ in rows if index[sku] not in excluded][:k]
         exact = np.argsort(-(items @ q))
