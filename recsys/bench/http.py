@@ -80,7 +80,8 @@ def bench_http(cfg, live_url: str | None = None) -> dict[str, tuple[float, str]]
     if len(pool.mixed) < per_point:
         print(f"  note: {len(pool.mixed)} distinct users for {per_point} paths a point: a point past "
               f"{len(pool.mixed) / float(b.http_seconds):.0f} req/s repeats paths (marked WRAPPED)")
-    cache = ResponseCache(OnlineStore.from_config(cfg), {})
+    # a generous timeout: clearing the cache SCANs the whole keyspace, and a saturated run leaves Redis busy
+    cache = ResponseCache(OnlineStore.from_config(cfg, socket_timeout=60.0), {})
     meter = cpu.Meter(float(b.http_idle_cpu_pct), float(b.http_idle_wait_s), cpu.stack_marks(cfg))
     figures: dict[str, tuple[float, str]] = {}
     live = cfg.serve.topology if live_url else None
