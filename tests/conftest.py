@@ -52,9 +52,9 @@ TEST_OVERRIDES = [
 ]
 
 
-# Budgets and a deadline far past any stall of a busy test machine: for tests about content, not time.
+# Budgets and a deadline far past any stall of a busy test machine, no shedding: for tests about content, not time.
 PATIENT = [f"serve.budgets_ms.{stage}=5000" for stage in ("features", "retrieval", "ranker", "slots")] + [
-    "serve.budgets_ms.sources.default=5000", "serve.deadline_ms=30000"]
+    "serve.budgets_ms.sources.default=5000", "serve.deadline_ms=30000", "serve.admission_max_lag_ms=0"]
 
 
 def make_cfg(*extra: str):

@@ -59,7 +59,8 @@ def test_curve_runs_on_a_scratch_copy_and_leaves_the_live_set_alone(pg, live_set
     assert len(rows) == 2 + len(iterative)
     for row in rows:
         assert row["index_scan"] and row["m"] == 8 and row["ef_construction"] == 32
-        assert 0 < row["p50_ms"] <= row["p95_ms"] and 0 <= row["recall_p5"] <= row["recall"] <= 1
+        # (the 5th percentile of per-query recall can sit above the mean: most queries at 1, a few below)
+        assert 0 < row["p50_ms"] <= row["p95_ms"] and 0 <= row["recall_p5"] <= 1 and 0 <= row["recall"] <= 1
         assert row["pages"] > 0
     wider = {r["ef_search"]: r for r in rows if r["iterative"] == "off"}
     assert wider[60]["pages"] >= wider[20]["pages"] and wider[60]["recall"] >= wider[20]["recall"]

@@ -1,6 +1,5 @@
 """The HTTP contract on the small world, in-process (the Serve deployment runs the same FastAPI app)."""
 
-import json
 import time
 import uuid
 

@@ -105,29 +105,3 @@ def test_events_and_openapi(served, context, storefront):
     assert r.status_code == 202 and r.json()["accepted"] == 1
     assert "/v1/recommendations/{surface}" in client.get("/openapi.json").json()["paths"]
 
-
-def test_past_its_admission_limits_a_replica_sheds_with_503_and_retry_after(ray_serve, world, context):
-    """Admission control (conf/serve/fused.yaml): one request at a time and none waiting, so of 12 at
-    once most are refused at once, with Retry-After, and none fails otherwise."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from ray import serve
-
-    from recsys.serve import app
-
-    cfg = make_cfg(*PATIENT, "serve.max_ongoing_requests=1", "serve.max_queued_requests=0",
-                   "serve.autoscaling.min_replicas=1", "serve.autoscaling.max_replicas=1", "serve.app_name=shed")
-    serve.run(app.build_app(cfg), name="shed", route_prefix="/shed")
-    device, user = context
-    try:
-        with httpx.Client(base_url=f"{ray_serve}/shed", timeout=30) as client:
-            def ask(i: int) -> httpx.Response:
-                return client.get("/v1/recommendations/pdp_fbt", params={"user_id": f"shed-{i}", "sku": device,
-                                                                         "explain": True})
-            with ThreadPoolExecutor(12) as pool:
-                answers = list(pool.map(ask, range(12)))
-    finally:
-        serve.delete("shed")
-    codes = sorted(r.status_code for r in answers)
-    assert set(codes) == {200, 503} and codes.count(200) >= 1, codes
-    assert all(r.headers.get("retry-after") == "1" for r in answers if r.status_code == 503)

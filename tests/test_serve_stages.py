@@ -39,10 +39,11 @@ class Sleepy:
     """Wraps a source or a stage: sleeps past any budget, then answers as the real one would."""
 
     def __init__(self, inner, seconds: float):
-        self.inner, self.seconds = inner, seconds
+        self.inner, self.seconds, self.calls = inner, seconds, 0
 
     def __getattr__(self, method):
         def slow(*args):
+            self.calls += 1
             time.sleep(self.seconds)
             return getattr(self.inner, method)(*args)
         return slow
@@ -85,9 +86,8 @@ def test_a_source_past_its_budget_is_left_out_then_benched_and_the_rail_still_fi
     body = recommender.recommend(RecRequest("homepage_hero", user_id=shopper["user"]))
     assert body["degraded"] == ["trending: over its 50 ms budget"]
     assert len(body["items"]) == 12 and "trending" not in {i["source"] for i in body["items"]}
-    start = time.perf_counter()      # benched: the next requests do not wait for it
     body = recommender.recommend(RecRequest("homepage_hero", user_id=shopper["user"]))
-    assert time.perf_counter() - start < 0.4
+    assert sources["trending"].calls == 1      # benched: the next requests do not wait for it
     assert body["degraded"] == ["trending: benched after a failure"] and len(body["items"]) == 12
 
 
@@ -123,6 +123,7 @@ def test_a_failing_source_and_a_slow_stage_degrade_to_fallbacks(recommender, sho
 
 def test_second_request_is_a_cache_hit_until_the_user_acts(recommender, shopper, monkeypatch):
     logged = []
+    recommender.res.writes.flush()      # impressions of earlier tests' requests, still queued
     monkeypatch.setattr(recommender.res.impression_producer(), "send_impressions",
                         lambda batch: logged.extend(i["request_id"] for i in batch))
     store = recommender.res.store

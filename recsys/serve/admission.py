@@ -40,6 +40,14 @@ class LoopLagAdmission:
                                     [(b"retry-after", str(retry_after_s).encode())])
         await self.app(scope, receive, send)
 
+    def __getstate__(self) -> dict:
+        """Ray pickles the FastAPI app (and its built middleware) to ship it to replicas: the probe task
+        and the lag belong to the process that measured them."""
+        return {"app": self.app, "limits": self.limits}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["app"], state["limits"])
+
     async def _measure(self) -> None:
         loop = asyncio.get_running_loop()
         while True:

@@ -12,6 +12,7 @@ from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query, Request,
 from fastapi.responses import JSONResponse
 from psycopg_pool import PoolTimeout
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from recsys.auth import ROLES, ApiKey, create_key, list_keys, revoke_key
 from recsys.auth.http import require_role
@@ -188,9 +189,10 @@ async def recommendations(
         raise HTTPException(422, f"surface {surface} needs ?sku=")
     if "cart" in needs and not req.cart:
         raise HTTPException(422, f"surface {surface} needs ?cart=")
-    # On the event loop, not a worker thread: the pipeline is in-memory work and one Redis round trip
-    # (bounded by serve.redis_timeout_ms), and a thread hop per request cost more than it overlapped.
-    body = recommender.recommend(req)
+    # Fused: on the event loop, not a worker thread: the pipeline is in-memory work and one Redis round
+    # trip (bounded by serve.redis_timeout_ms), and a thread hop per request cost more than it overlapped.
+    # Split: the stages are remote calls the recommender waits on, which must not block the loop.
+    body = await run_in_threadpool(recommender.recommend, req) if recommender.remote else recommender.recommend(req)
     etag = '"' + hashlib.sha1(orjson.dumps(
         [body["model_version"], body["rule_set_version"], [i["sku"] for i in body["items"]]])).hexdigest()[:16] + '"'
     cacheable = not body["degraded"] and not explain

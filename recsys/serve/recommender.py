@@ -51,6 +51,7 @@ class Recommender:
         self.cache = ResponseCache(self.res.store, self.surfaces)
         self.stages = {} if stages else {stage.name: stage.build(cfg, self.res) for stage in GRAPH}
         self.calls = stages or {stage.name: stage.bind(self.stages[stage.name]) for stage in GRAPH}
+        self.remote = bool(stages)   # split: each stage call waits on another deployment
         self.fallbacks = {stage.name: stage.fallback(cfg, self.res) for stage in GRAPH}
 
     def recommend(self, req: RecRequest) -> dict:
