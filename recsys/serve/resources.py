@@ -69,7 +69,7 @@ class Resources:
         self._next_counters = 0.0
         w = cfg.serve.write_behind
         self.writes = WriteBehind(self.store.r, self.impression_producer, float(w.flush_ms), int(w.max_batch),
-                                  int(w.max_queued))
+                                  int(w.max_queued), float(w.impression_flush_ms))
         self.refresh(wait=True)
 
     def _configure(self, conn: psycopg.Connection) -> None:
