@@ -9,7 +9,18 @@ import pandas as pd
 import psycopg
 
 ITEM_COLUMNS = ("sku", "catalog", "title", "family", "category", "category_path", "kind", "brand", "price",
-                "margin", "price_band", "specs", "spec_text", "image_uri", "launch_date", "stock")
+                "margin", "price_band", "specs", "spec_text", "image_uri", "launch_date", "stock", "tags")
+TAGGED_SPECS = ("port", "qi", "connectivity")   # specs a merchandiser's filter can name as `key:value` tags
+
+
+def default_tags(kind, specs) -> list[str]:
+    """Tags for a catalog that brings none: the item's kind and a few of its specs (`port:usb-c`)."""
+    tags = [str(kind)] if isinstance(kind, str) else []
+    for key in TAGGED_SPECS:
+        value = (specs or {}).get(key) if isinstance(specs, dict) else None
+        if value is not None:
+            tags.append(f"{key}:{str(value).lower()}")
+    return tags
 
 
 def _none_if_nan(value):
@@ -19,6 +30,8 @@ def _none_if_nan(value):
 def write_catalog(conn: psycopg.Connection, items: pd.DataFrame, edges: pd.DataFrame, catalog: str) -> int:
     """Upsert items and replace this catalog's edges, in one transaction."""
     items = items.assign(catalog=catalog)
+    if "tags" not in items:
+        items = items.assign(tags=[default_tags(k, s) for k, s in zip(items["kind"], items["specs"])])
     cols = ", ".join(ITEM_COLUMNS)
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in ITEM_COLUMNS if c != "sku")
     with conn.transaction(), conn.cursor() as cur:
@@ -50,8 +63,9 @@ class CatalogSnapshot:
 def read_catalog(conn: psycopg.Connection) -> CatalogSnapshot:
     items = pd.DataFrame(
         conn.execute("SELECT sku, title, family, category, kind, brand, price::float8 AS price, margin, "
-                     "price_band, stock FROM items").fetchall(),
-        columns=["sku", "title", "family", "category", "kind", "brand", "price", "margin", "price_band", "stock"],
+                     "price_band, stock, launch_date, tags FROM items").fetchall(),
+        columns=["sku", "title", "family", "category", "kind", "brand", "price", "margin", "price_band", "stock",
+                 "launch_date", "tags"],
     ).set_index("sku")
     accessories: dict[str, list[tuple[str, float]]] = {}
     fits: dict[str, list[str]] = {}

@@ -42,9 +42,11 @@ class Recommendations(BaseModel):
     request_id: str
     surface: str
     model_version: str | None
-    rule_set_version: str | None
+    rule_set_version: str | None = Field(description="the live merchandising rule set the rail was built under")
     items: list[RecommendedItem]
     degraded: list[str] = Field(description="stages or sources left out of this answer (a dead dependency, a budget)")
+    rules: dict | None = Field(None, description="explain=true: what the rule set's rules did (blocked, inactive, "
+                                                 "unmet, pins); each item's explain.rules says what they did to it")
 
 
 class RejectedEvent(BaseModel):
@@ -139,6 +141,15 @@ def _resources(request: Request):
 storefront_key = require_role("storefront", _resources)
 reader_key = require_role("storefront", _resources, public_when=lambda res: res.public_recommendations)
 admin_key = require_role("admin", _resources)
+
+
+def _include_rules_api() -> None:
+    from recsys.serve.rules_api import router
+
+    api.include_router(router)
+
+
+_include_rules_api()
 
 
 @api.get("/healthz", responses=_answers(503))

@@ -23,19 +23,21 @@ class ResponseCache:
     def enabled(self, req: RecRequest) -> bool:
         return self.ttl_ms.get(req.surface, 0) > 0 and not req.explain
 
-    def key(self, req: RecRequest) -> str:
+    def key(self, req: RecRequest, rules_version: str | None = None) -> str:
+        """Per surface, user (or session) and context, and per live rule set: a publish or a rollback
+        makes every rail cached under the set before unreachable at once."""
         who = (f"u:{escape_id(req.user_id)}" if req.user_id else f"s:{escape_id(req.session_id)}" if req.session_id
                else "anon")
-        context = orjson.dumps([req.skus, req.cart, req.k, req.device, req.geo])
+        context = orjson.dumps([req.skus, req.cart, req.k, req.device, req.geo, rules_version])
         return f"{self.store.p}rc:{req.surface}:{who}:{hashlib.sha1(context).hexdigest()[:16]}"
 
-    def get(self, req: RecRequest) -> tuple[dict | None, int]:
+    def get(self, req: RecRequest, rules_version: str | None = None) -> tuple[dict | None, int]:
         """(the cached response or None, the user's version now: what a new entry must be stored with).
         Serving reads the entry in the features stage's one round trip instead (recsys/serve/stages/features.py)."""
         pipe = self.store.r.pipeline(transaction=False)
         if req.user_id:
             pipe.hget(self.store.user_key(req.user_id), "version")
-        pipe.get(self.key(req))
+        pipe.get(self.key(req, rules_version))
         *version, raw = pipe.execute()
         now = int(version[0] or 0) if version else 0
         return self.fresh(raw, now), now
@@ -49,10 +51,11 @@ class ResponseCache:
         return entry["response"] if entry["version"] == version else None
 
     def entry(self, req: RecRequest, version: int, response: dict) -> tuple[str, bytes, int]:
-        """(key, value, ttl in ms) of the entry for `response`, computed at the user's `version`."""
+        """(key, value, ttl in ms) of the entry for `response`, computed at the user's `version`
+        under the response's rule set."""
         body = {k: v for k, v in response.items() if k != "request_id"}
         value = orjson.dumps({"version": version, "response": body}, option=orjson.OPT_SERIALIZE_NUMPY)
-        return self.key(req), value, self.ttl_ms[req.surface]
+        return self.key(req, response.get("rule_set_version")), value, self.ttl_ms[req.surface]
 
     def put(self, req: RecRequest, version: int, response: dict) -> None:
         key, value, ttl_ms = self.entry(req, version, response)

@@ -20,7 +20,7 @@ from recsys.serve.request import RecRequest
 from recsys.serve.stages.features import Features, Known
 from recsys.serve.stages.ranker import RANKERS, Ranker, RankBlend
 from recsys.serve.stages.retrieval import Retrieval, Retrieved
-from recsys.serve.stages.slots import Slots
+from recsys.serve.stages.slots import Slate, Slots
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +52,12 @@ def _blend(cfg, res) -> Callable[..., list]:
 def _top_k(cfg, res) -> Callable[..., list]:
     plain = Slots(cfg, res).plain
 
-    def top_k(req, user, candidates, scores) -> list:
+    def top_k(req, user, candidates, scores) -> Slate:
         try:
             return plain(req, user, candidates, scores)
         except Exception:   # the last resort must not fail the response: an empty rail
             log.warning("the slots fallback failed", exc_info=True)
-            return []
+            return Slate([])
     return top_k
 
 
@@ -68,6 +68,6 @@ def build_ranker(cfg, res) -> Ranker:
 FEATURES = Stage("features", Features, Features.lookup, _anonymous)        # cached rail, user state, vector
 RETRIEVAL = Stage("retrieval", Retrieval, Retrieval.candidates, _nothing_retrieved)  # slots fill from bestsellers
 RANKER = Stage("ranker", build_ranker, Ranker.score, _blend)               # the blend needs no model
-SLOTS = Stage("slots", Slots, Slots.select, _top_k)                        # the ranker's top k, no diversity
+SLOTS = Stage("slots", Slots, Slots.select, _top_k)   # the ranker's top k: no diversity or pins, still no blocked item
 
 GRAPH = (FEATURES, RETRIEVAL, RANKER, SLOTS)

@@ -19,6 +19,7 @@ from typing import Callable
 
 from omegaconf import OmegaConf
 
+from recsys.rules.shadow import ShadowRunner
 from recsys.serve.cache import ResponseCache
 from recsys.serve.graph import FEATURES, GRAPH, RANKER, RETRIEVAL, SLOTS, Stage
 from recsys.serve.request import RecRequest
@@ -53,6 +54,8 @@ class Recommender:
         self.calls = stages or {stage.name: stage.bind(self.stages[stage.name]) for stage in GRAPH}
         self.remote = bool(stages)   # split: each stage call waits on another deployment
         self.fallbacks = {stage.name: stage.fallback(cfg, self.res) for stage in GRAPH}
+        # the shadow rule set runs on a sample of requests on a thread of its own, after the response
+        self.shadow = ShadowRunner(cfg, self.res, lambda: self.stages.get(SLOTS.name) or SLOTS.build(cfg, self.res))
 
     def recommend(self, req: RecRequest) -> dict:
         if req.surface not in self.surfaces:
@@ -72,18 +75,22 @@ class Recommender:
         degraded += retrieved.degraded
         candidates = retrieved.candidates
         scores = self._run(RANKER, deadline, degraded, timings, req, user, candidates)
-        items = self._run(SLOTS, deadline, degraded, timings, req, user, candidates, scores)
+        slate = self._run(SLOTS, deadline, degraded, timings, req, user, candidates, scores)
 
         content = self.res.content[0] if self.res.content else None
         response = {
             "request_id": req.request_id,
             "surface": req.surface,
             "model_version": content or "none",
-            "rule_set_version": None,
-            "items": items,
+            "rule_set_version": slate.rule_set_version,
+            "items": slate.items,
             "degraded": degraded,
         }
-        if known.cache_version is not None and not degraded:
+        if slate.rules is not None:
+            response["rules"] = slate.rules
+        self.shadow.offer(req, user, candidates, scores, response, timings.get(SLOTS.name, 0.0))
+        # cached only under the rule set the key was made for (a replica may have just switched sets)
+        if known.cache_version is not None and not degraded and slate.rule_set_version == known.rules_version:
             key, value, ttl_ms = self.cache.entry(req, known.cache_version, response)
             self.res.writes.redis(lambda pipe: pipe.set(key, value, px=ttl_ms))
         if req.explain:
@@ -92,6 +99,26 @@ class Recommender:
             response["user_known"] = user.known
         self._log_impression(req, response)
         return response
+
+    def preview(self, req: RecRequest, rule_sets: dict) -> dict:
+        """The rail under each of `rule_sets` (name -> compiled set or None) from the same candidates:
+        features (never the cache), retrieval and the ranker run once; nothing is cached or logged."""
+        req.explain = True
+        degraded: list[str] = []
+        timings: dict[str, float] = {}
+        deadline = time.perf_counter() + self.deadline_s
+        user = self._run(FEATURES, deadline, degraded, timings, req).user
+        self.res.refresh()
+        retrieved = self._run(RETRIEVAL, deadline, degraded, timings, req, user)
+        degraded += retrieved.degraded
+        scores = self._run(RANKER, deadline, degraded, timings, req, user, retrieved.candidates)
+        slots = self.stages.get(SLOTS.name) or self.shadow.slots_of()
+        ranked = slots.ranked(retrieved.candidates, scores)
+        rails = {}
+        for name, rules in rule_sets.items():
+            slate = slots.arrange(req, user, ranked, rules)
+            rails[name] = {"rule_set_version": slate.rule_set_version, "items": slate.items, "rules": slate.rules}
+        return {"request_id": req.request_id, "surface": req.surface, "degraded": degraded, **rails}
 
     def _run(self, stage: Stage, deadline: float, degraded: list[str], timings: dict[str, float], *args):
         """The stage's answer, or its fallback's (and a line in `degraded`) when it fails, overruns its

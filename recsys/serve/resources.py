@@ -20,6 +20,7 @@ from recsys.catalog.store import CatalogSnapshot, read_catalog
 from recsys.features import event_log
 from recsys.features.online_store import OnlineStore
 from recsys.rank.features import COUNTER_KEYS
+from recsys.rules.rulebook import RuleBook
 from recsys.serve.item_counters import ItemCounters
 from recsys.serve.vector_index import VectorIndex
 from recsys.serve.write_behind import WriteBehind
@@ -68,6 +69,8 @@ class Resources:
         self.counters_every_s = float(cfg.serve.item_counters_refresh_s)
         self._next_counters = 0.0
         w = cfg.serve.write_behind
+        self.rules = RuleBook(cfg)   # the live and shadow rule sets, polled (recsys/rules/rulebook.py)
+        self._next_rules = 0.0
         self.writes = WriteBehind(self.store.r, self.impression_producer, float(w.flush_ms), int(w.max_batch),
                                   int(w.max_queued), float(w.impression_flush_ms))
         self.refresh(wait=True)
@@ -86,14 +89,27 @@ class Resources:
         if now >= self._next_counters and self.catalog is not None:
             self._next_counters = now + self.counters_every_s
             self._refresher.submit(self._read_counters)
+        if now >= self._next_rules and not wait:
+            self._next_rules = now + self.rules.poll_s
+            self._refresher.submit(self.poll_rules)
         if now < self._next_refresh or self._loading.locked():
             return
         self._next_refresh = now + retry_s
         if wait:
             self._load(max_age_s)
             self._read_counters()
+            self.poll_rules()
         else:
             self._refresher.submit(self._load, max_age_s)
+
+    def poll_rules(self) -> None:
+        """The live and shadow rule sets' versions (recompiled when they or the catalog changed);
+        every `rules.poll_s`, on the refresher thread."""
+        try:
+            with self.pool.connection(timeout=1) as conn:
+                self.rules.poll(conn, self.catalog, [sku for sku, _ in self.bestsellers])
+        except Exception as exc:
+            log.warning("rule sets not polled: %s", exc)
 
     def _read_counters(self) -> None:
         """The item counters of every catalog SKU (recsys/serve/item_counters.py), every

@@ -25,6 +25,7 @@ class Known:
     user: UserState
     cached: dict | None = None           # the surface's rail from the response cache, still fresh
     cache_version: int | None = None     # the user's version now, to store a new entry at; None: not cached
+    rules_version: str | None = None     # the live rule set the cache key was made for
 
 
 class Features:
@@ -35,9 +36,10 @@ class Features:
 
     def lookup(self, req: RecRequest) -> Known:
         store, cached = self.res.store, self.cache.enabled(req)
+        rules_version = self.res.rules.live_version   # a rail built under another rule set is never served
         pipe = store.r.pipeline(transaction=False)
         if cached:
-            pipe.get(self.cache.key(req))
+            pipe.get(self.cache.key(req, rules_version))
         if req.user_id:
             store.queue_user_state(pipe, req.user_id)
             self.vectors.queue_get(pipe, req.user_id)
@@ -54,4 +56,4 @@ class Features:
         else:
             user = UserState(user_id="")
         user = replace(user, device=req.device or user.device, geo=req.geo or user.geo)
-        return Known(user, cache_version=version if cached else None)
+        return Known(user, cache_version=version if cached else None, rules_version=rules_version)

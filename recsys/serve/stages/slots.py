@@ -1,6 +1,8 @@
 """Stage 4, rules and diversity: from the ranked pool to the k slots of the response.
 
-Diversity is maximal marginal relevance (MMR) over item attributes (category and price band), with
+The live merchandising rule set (recsys/rules) applies around diversity in a fixed order: blocks and
+boosts/buries on the ranked pool, then MMR, then floors, caps and quotas, then pins
+(recsys/rules/engine.py says how each resolves). Diversity is maximal marginal relevance (MMR) over item attributes (category and price band), with
 lambda per surface: lambda 1 keeps the ranker's order, lower values trade relevance for spread. Two
 items are as similar as the summed weights of the attributes they share: category weighs more than
 price band, which has only a few values and would otherwise make everything look alike.
@@ -9,11 +11,17 @@ Slots the pool cannot fill come from the surface's fallback (bestsellers, then t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from itertools import chain
+from typing import Iterator
+
 import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
 from recsys.features.online_store import UserState
+from recsys.rules.engine import Arranged, CompiledRuleSet
+from recsys.rules.filters import ItemTable, RequestFacts
 from recsys.serve.request import Pooled, RecRequest, Score
 from recsys.serve.resources import Resources
 from recsys.serve.stages.retrieval import excluded_skus
@@ -39,6 +47,30 @@ def mmr(relevance: np.ndarray, codes: np.ndarray, weights: np.ndarray, lam: floa
     return picks
 
 
+@dataclass
+class Slate:
+    """The slots stage's answer: the items in slot order, the rule set they were built under, and
+    (explain=true) what its rules did."""
+
+    items: list[dict]
+    rule_set_version: str | None = None
+    rules: dict | None = None
+
+
+def request_facts(table: ItemTable, req: RecRequest, user: UserState) -> RequestFacts:
+    """What a rule's condition and an `accessory_of_context` filter see of this request."""
+    catalog = table.catalog
+    category = catalog.items["category"]
+    cart = list(dict.fromkeys(req.cart + sorted(user.cart)))
+    accessories = [a for sku in req.context_skus for a, _ in catalog.accessories.get(sku, ())]
+    return RequestFacts(
+        device=req.device or user.device, geo=req.geo or user.geo, context_sku=list(req.skus),
+        context_category=[category[s] for s in req.skus if s in table.row_of],
+        cart_sku=cart, cart_category=[category[s] for s in cart if s in table.row_of],
+        cohort="new" if not user.known else "customer" if user.purchased else "returning",
+        accessory_rows=table.rows(accessories) if accessories else None)
+
+
 def _unit_range(values: np.ndarray) -> np.ndarray:
     """Scores scaled to [0, 1], so that lambda means the same whatever the ranker's scale."""
     spread = float(np.ptp(values)) if len(values) else 0.0
@@ -51,40 +83,99 @@ class Slots:
     def __init__(self, cfg, res: Resources):
         self.res = res
         self.surfaces = OmegaConf.to_container(cfg.surfaces, resolve=True)
-        # Hook for the merchandising rule overlay (a later issue): an object with `version` and
-        # `apply(req, user, ranked) -> ranked` over [(Pooled, Score)] in ranker order, run before
-        # diversity. None: no rules, and the response's rule_set_version stays null.
-        self.rules = None
         self.attributes = sorted({a for s in self.surfaces.values() for a in s["diversity"]["attributes"]})
         self._codes_for = None                    # the catalog snapshot the attribute codes come from
         self._codes: dict[str, dict[str, int]] = {}
         self._attribute_codes([], [])             # built now, not on the first request
 
-    def select(self, req: RecRequest, user: UserState, candidates: list[Pooled], scores: list[Score]) -> list[dict]:
+    def select(self, req: RecRequest, user: UserState, candidates: list[Pooled], scores: list[Score]) -> Slate:
         self.res.refresh()
+        return self.arrange(req, user, self.ranked(candidates, scores), self.res.rules.live)
+
+    def arrange(self, req: RecRequest, user: UserState, ranked: list[tuple[Pooled, Score]],
+                rules: CompiledRuleSet | None) -> Slate:
+        """The k slots from the ranked pool under `rules` (the live set, or a shadow or preview set)."""
         surface = self.surfaces[req.surface]
-        ranked = self._ranked(candidates, scores)
-        if self.rules is not None:
-            ranked = self.rules.apply(req, user, ranked)
-        attributes = surface["diversity"]["attributes"]   # name -> weight
+        k = self._k(req)
+        excluded = excluded_skus(req, user, surface)
+        relevance = _unit_range(np.array([s.value for _, s in ranked]))
+        active: list = []
+        if rules is not None:
+            facts = request_facts(rules.table, req, user)
+            active, inactive = rules.active(req.surface, facts)
+        if not active:
+            items = [self._item(req, ranked[i], i, penalty) for i, penalty in self._mmr(req, ranked, relevance)]
+            rules_done = Arranged([], inactive=inactive) if rules is not None else None
+            return self._slate(req, self._fill(req, items, self._fallback(excluded)), rules, rules_done)
+        done = Arranged([], inactive=inactive)
+        rows = rules.table.rows([c.sku for c, _ in ranked])
+        blocked, by = rules.blocked(active, rows, facts)
+        factor, boosted = rules.factors(active, rows, facts)
+        for i in np.flatnonzero(blocked):
+            done.blocked[ranked[i][0].sku] = by[i]
+        if (factor != 1.0).any():   # the scaled score, floored above 0 so that a multiplier always moves it
+            relevance = (0.05 + 0.95 * relevance) * factor
+        keep = np.flatnonzero(~blocked)
+        kept = [ranked[i] for i in keep]
+        relevance = relevance[keep]
+        picks = self._mmr(req, kept, relevance)
+        picked = {i for i, _ in picks}
+        order = [i for i, _ in picks] + [int(i) for i in np.argsort(-relevance, kind="stable") if i not in picked]
+        at = {kept[i][0].sku: (i, dict(picks).get(i, 0.0)) for i in order}
+        done = rules.arrange(active, [kept[i][0].sku for i in order], k, facts, self._fallback(excluded), excluded, done)
+        items = []
+        for sku in done.skus:
+            notes = done.notes.get(sku, [])
+            if sku in at:
+                i, penalty = at[sku]
+                item = self._item(req, kept[i], int(keep[i]), penalty)
+                notes = boosted.get(int(keep[i]), []) + notes
+            else:
+                pinned_or_drawn = bool(notes) and not notes[0].startswith("over a cap")
+                item = self._filler(req, sku, "rules" if pinned_or_drawn else surface["fallback"],
+                                    [n.split(": ", 1)[1] for n in notes] if pinned_or_drawn else ["fallback"])
+            if req.explain:
+                item["explain"]["rules"] = notes
+            items.append(item)
+        return self._slate(req, items, rules, done)
+
+    def plain(self, req: RecRequest, user: UserState, candidates: list[Pooled], scores: list[Score]) -> Slate:
+        """The ranker's top k without diversity, floors or pins, but never a blocked item: the
+        fallback when `select` fails."""
+        ranked = self.ranked(candidates, scores)
+        excluded = excluded_skus(req, user, self.surfaces[req.surface])
+        rules = self.res.rules.live
+        more = self._fallback(excluded)
+        if rules is not None:
+            facts = request_facts(rules.table, req, user)
+            active, _ = rules.active(req.surface, facts)
+            gone, _ = rules.blocked(active, rules.table.rows([c.sku for c, _ in ranked]), facts)
+            ranked = [pair for pair, out in zip(ranked, gone) if not out]
+            more = (sku for sku in more if not rules.blocked(active, rules.table.rows([sku]), facts)[0][0])
+        items = [self._item(req, pair, i, 0.0) for i, pair in enumerate(ranked[: self._k(req)])]
+        return self._slate(req, self._fill(req, items, more), rules, None)
+
+    def _mmr(self, req: RecRequest, ranked: list[tuple[Pooled, Score]], relevance: np.ndarray) -> list[tuple[int, float]]:
+        attributes = self.surfaces[req.surface]["diversity"]["attributes"]   # name -> weight
         codes = self._attribute_codes([c.sku for c, _ in ranked], list(attributes))
         weights = np.array(list(attributes.values()), dtype=float)
-        picks = mmr(_unit_range(np.array([s.value for _, s in ranked])), codes, weights / weights.sum(),
-                    float(surface["diversity"]["lambda"]), self._k(req))
-        items = [self._item(req, ranked[i], i, penalty) for i, penalty in picks]
-        return self._fill(req, user, items)
+        return mmr(relevance, codes, weights / weights.sum(), float(self.surfaces[req.surface]["diversity"]["lambda"]),
+                   self._k(req))
 
-    def plain(self, req: RecRequest, user: UserState, candidates: list[Pooled], scores: list[Score]) -> list[dict]:
-        """The ranker's top k without rules or diversity: the fallback when `select` fails."""
-        ranked = self._ranked(candidates, scores)[: self._k(req)]
-        return self._fill(req, user, [self._item(req, pair, i, 0.0) for i, pair in enumerate(ranked)])
+    @staticmethod
+    def _slate(req: RecRequest, items: list[dict], rules: CompiledRuleSet | None, done: Arranged | None) -> Slate:
+        if req.explain:
+            for slot, item in enumerate(items, 1):
+                item["explain"]["slot"] = slot
+        version = rules.version if rules is not None else None
+        return Slate(items, version, done.explain(version) if req.explain and done is not None else None)
 
     @staticmethod
     def _k(req: RecRequest) -> int:
         return max(1, min(int(req.k), 50))
 
     @staticmethod
-    def _ranked(candidates: list[Pooled], scores: list[Score]) -> list[tuple[Pooled, Score]]:
+    def ranked(candidates: list[Pooled], scores: list[Score]) -> list[tuple[Pooled, Score]]:
         return sorted(zip(candidates, scores), key=lambda pair: pair[1].value, reverse=True)
 
     def _attribute_codes(self, skus: list[str], attributes: list[str]) -> np.ndarray:
@@ -108,26 +199,29 @@ class Slots:
                                "rank": ranked_at + 1, "mmr_penalty": round(penalty, 4)}
         return item
 
-    def _fill(self, req: RecRequest, user: UserState, items: list[dict]) -> list[dict]:
-        """Fill the slots left over from the fallback (bestsellers, then the catalog), and number them."""
-        surface = self.surfaces[req.surface]
-        n = self._k(req) - len(items)
-        taken = {i["sku"] for i in items} | excluded_skus(req, user, surface)
+    @staticmethod
+    def _filler(req: RecRequest, sku: str, source: str, reasons: list[str]) -> dict:
+        item = {"sku": sku, "score": 0.0, "source": source, "reasons": reasons}
+        if req.explain:
+            item["explain"] = {"contributions": {}, "rank": None, "mmr_penalty": 0.0}
+        return item
+
+    def _fallback(self, excluded: set[str]) -> Iterator[str]:
+        """The surface's fallback pool (bestsellers, then the catalog), in stock and not excluded."""
         catalog = self.res.catalog
-        pool = [sku for sku, _ in self.res.bestsellers] if n > 0 else []
-        if catalog is not None and n > 0:
-            pool += list(catalog.items.index[:500])
-        for sku in pool:
-            if n == 0:
+        pool = chain((sku for sku, _ in self.res.bestsellers), catalog.items.index[:500] if catalog is not None else ())
+        return (sku for sku in pool if sku not in excluded and (catalog is None or sku in catalog.in_stock))
+
+    def _fill(self, req: RecRequest, items: list[dict], more: Iterator[str]) -> list[dict]:
+        """Fill the slots left over from the fallback pool."""
+        fallback = self.surfaces[req.surface]["fallback"]
+        taken = {i["sku"] for i in items}
+        n = self._k(req) - len(items)
+        for sku in more:
+            if n <= 0:
                 break
-            if sku not in taken and (catalog is None or sku in catalog.in_stock):
+            if sku not in taken:
                 taken.add(sku)
                 n -= 1
-                item = {"sku": sku, "score": 0.0, "source": surface["fallback"], "reasons": ["fallback"]}
-                if req.explain:
-                    item["explain"] = {"contributions": {}, "rank": None, "mmr_penalty": 0.0}
-                items.append(item)
-        if req.explain:
-            for slot, item in enumerate(items, 1):
-                item["explain"]["slot"] = slot
+                items.append(self._filler(req, sku, fallback, ["fallback"]))
         return items

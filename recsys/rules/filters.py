@@ -1,0 +1,150 @@
+"""Filters compiled once per catalog snapshot into boolean masks over its rows.
+
+A rule set's item filters are evaluated for the whole catalog when the set is compiled (12k rows, a
+few numpy operations a leaf), so a request only indexes a mask with its candidates' rows. The one
+leaf that depends on the request (`accessory_of_context`) stays a function of the request's context.
+A request condition (`when`) is evaluated once per request over a handful of request facts.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from recsys.rules.schema import ITEM_FIELDS, REQUEST_FIELDS
+
+
+class ItemTable:
+    """A catalog snapshot's attributes as arrays by row, plus one last row standing for a SKU the
+    catalog lacks (it matches no leaf), so `rows` can hold -1."""
+
+    def __init__(self, catalog, now: float | None = None):
+        items: pd.DataFrame = catalog.items
+        self.catalog = catalog
+        self.skus = list(items.index)
+        self.row_of = {sku: i for i, sku in enumerate(self.skus)}
+        self.n = len(self.skus)
+        now = time.time() if now is None else now
+        self.columns: dict[str, np.ndarray] = {"sku": np.array(self.skus + [None], dtype=object)}
+        for name in ("title", "family", "category", "kind", "brand"):
+            self.columns[name] = np.append(items[name].to_numpy(dtype=object), None)
+        for name in ("price", "price_band", "margin", "stock"):
+            self.columns[name] = np.append(pd.to_numeric(items[name], errors="coerce").to_numpy(dtype=float), np.nan)
+        launch = pd.to_datetime(items["launch_date"], errors="coerce", utc=True) if "launch_date" in items else None
+        age = ((now - launch.map(lambda t: t.timestamp() if pd.notna(t) else np.nan)) / 86400).to_numpy(dtype=float) \
+            if launch is not None else np.full(self.n, np.nan)
+        self.columns["age_days"] = np.append(age, np.nan)
+        tags = items["tags"].tolist() if "tags" in items else [()] * self.n
+        self.columns["tags"] = np.array([tuple(t or ()) for t in tags] + [()], dtype=object)
+        self.in_stock = np.append(self.columns["stock"][:-1] > 0, False)
+
+    def rows(self, skus: list[str]) -> np.ndarray:
+        get = self.row_of.get
+        return np.fromiter((get(s, -1) for s in skus), dtype=np.int64, count=len(skus))
+
+
+@dataclass
+class RequestFacts:
+    """What a request condition can see, and the request context an item filter can use."""
+
+    device: str | None = None
+    geo: str | None = None
+    context_sku: list[str] = field(default_factory=list)
+    context_category: list[str] = field(default_factory=list)
+    cart_sku: list[str] = field(default_factory=list)
+    cart_category: list[str] = field(default_factory=list)
+    cohort: str = "new"
+    accessory_rows: np.ndarray | None = None    # rows of the accessories of the context's SKUs
+
+
+# A compiled item filter: a mask over every row (static), or a function of (rows, facts) -> mask.
+Compiled = "np.ndarray | Callable[[np.ndarray, RequestFacts], np.ndarray]"
+
+
+def _text_leaf(values: np.ndarray, op: str, value) -> np.ndarray:
+    if op == "eq":
+        return values == value
+    if op == "in":
+        return np.isin(values, np.array(list(value), dtype=object))
+    needle = str(value).lower()
+    return np.array([v is not None and needle in str(v).lower() for v in values], dtype=bool)
+
+
+def _number_leaf(values: np.ndarray, op: str, value) -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        if op == "eq":
+            return values == float(value)
+        if op == "in":
+            return np.isin(values, np.array(value, dtype=float))
+        if op == "gte":
+            return values >= value
+        if op == "lte":
+            return values <= value
+        low, high = value
+        return (values >= low) & (values <= high)
+
+
+def _list_leaf(values: np.ndarray, op: str, value) -> np.ndarray:
+    wanted = set(value) if op == "in" else {value}
+    return np.array([bool(wanted.intersection(v)) for v in values], dtype=bool)
+
+
+def compile_filter(node, table: ItemTable):
+    """A filter tree (recsys/rules/schema.py) as a static mask over `table`'s rows or a function."""
+    for name, combine in (("all", np.logical_and.reduce), ("any", np.logical_or.reduce)):
+        children = getattr(node, name, None)
+        if children is not None:
+            parts = [compile_filter(child, table) for child in children]
+            if all(isinstance(p, np.ndarray) for p in parts):
+                return combine(parts)
+            return lambda rows, facts, parts=parts, combine=combine: combine(
+                [p[rows] if isinstance(p, np.ndarray) else p(rows, facts) for p in parts])
+    inner = getattr(node, "not_", None)
+    if inner is not None:
+        part = compile_filter(inner, table)
+        if isinstance(part, np.ndarray):
+            return ~part
+        return lambda rows, facts: ~part(rows, facts)
+    op, value = node.op
+    if node.field == "accessory_of_context":
+        def accessory(rows: np.ndarray, facts: RequestFacts) -> np.ndarray:
+            found = np.isin(rows, facts.accessory_rows) if facts.accessory_rows is not None else np.zeros(len(rows), bool)
+            return found & (rows >= 0) if value else ~found & (rows >= 0)
+        return accessory
+    kind, values = ITEM_FIELDS[node.field], table.columns[node.field]
+    mask = (_text_leaf if kind == "text" else _number_leaf if kind == "number" else _list_leaf)(values, op, value)
+    mask[-1] = False   # a SKU the catalog lacks matches no leaf
+    return mask
+
+
+def evaluate(compiled, rows: np.ndarray, facts: RequestFacts) -> np.ndarray:
+    """The compiled filter's verdict on these rows."""
+    return compiled[rows] if isinstance(compiled, np.ndarray) else compiled(rows, facts)
+
+
+def matches_request(node, facts: RequestFacts) -> bool:
+    """A request condition's verdict (plain Python: a handful of facts)."""
+    for name, combine in (("all", all), ("any", any)):
+        children = getattr(node, name, None)
+        if children is not None:
+            return combine(matches_request(child, facts) for child in children)
+    inner = getattr(node, "not_", None)
+    if inner is not None:
+        return not matches_request(inner, facts)
+    op, value = node.op
+    got = getattr(facts, node.field)
+    if REQUEST_FIELDS[node.field] == "list":
+        if op == "contains":
+            return value in got
+        return any(v == value for v in got) if op == "eq" else any(v in value for v in got)
+    if got is None:
+        return False
+    if op == "eq":
+        return got == value
+    if op == "in":
+        return got in value
+    return str(value).lower() in str(got).lower()   # contains
