@@ -121,8 +121,7 @@ def test_an_invalid_rule_set_is_refused_with_every_errors_json_path(served, keys
 def test_publish_changes_a_rail_within_5_s_and_rollback_restores_it(served, keys, clean):
     client = served
     user = f"pub-{uuid.uuid4().hex[:8]}"
-    before = _rail(client, user)
-    assert before["rule_set_version"] is None
+    before, _ = _until(client, user, None, time.monotonic())   # the replica has seen the cleanup
     shown = [i["sku"] for i in before["items"]]
     catalog = client.get("/v1/recommendations/homepage_hero", params={"session_id": "other", "k": 50}).json()
     first, second = [i["sku"] for i in catalog["items"] if i["sku"] not in shown][:2]
@@ -153,7 +152,7 @@ def test_publish_changes_a_rail_within_5_s_and_rollback_restores_it(served, keys
 def test_preview_puts_a_draft_beside_live(served, keys, clean):
     client = served
     user = f"preview-{uuid.uuid4().hex[:8]}"
-    live = [i["sku"] for i in _rail(client, user)["items"]]
+    live = [i["sku"] for i in _until(client, user, None, time.monotonic())[0]["items"]]
     draft = {"name": "draft", "rules": [_pin(live[6]), {"id": "cap", "kind": "cap", "label": "cap",
                                                         "surfaces": ["homepage_hero"], "by": "brand", "max": 2}]}
     answer = client.post("/v1/admin/rules/preview", json={"surface": "homepage_hero", "user_id": user, "rule_set": draft},
@@ -170,6 +169,7 @@ def test_shadow_runs_on_5_percent_of_10000_requests_and_never_changes_a_live_res
     client = served
     users = [f"sh-{uuid.uuid4().hex[:6]}-{i}" for i in range(10_000)]
     watched = users[:300]
+    _until(client, watched[0], None, time.monotonic())
     before = {u: [i["sku"] for i in _rail(client, u)["items"]] for u in watched}
     top = sorted({rail[0] for rail in before.values()})
     v = _created(client, keys, {"name": "shadowed", "rules": [
