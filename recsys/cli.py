@@ -215,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("key", help="the key's id or prefix")
     p.set_defaults(run=_keys)
 
+    from recsys.rules.cli import register as register_rules
+
+    register_rules(sub)   # `recsys rules validate|create|list|show|schema|preview|shadow|report|publish|...`
+
     p = sub.add_parser("retention", help="drop event/impression partitions older than the retention")
     p.add_argument("--dry-run", action="store_true", help="print what would be dropped, drop nothing")
     p.set_defaults(run=_retention)

@@ -74,6 +74,10 @@ def checked(document: Any, surfaces: list[str], source: str):
     return ruleset
 
 
+def _rules(n: int) -> str:
+    return f"{n} rule{'s' * (n != 1)}"
+
+
 def _version(text: str) -> int:
     """A version as the CLI takes it: `3` or `rules-v3`."""
     try:
@@ -185,7 +189,7 @@ def _validate(args, cfg) -> int:
     for rule in ruleset.rules:
         counts[rule.kind] = counts.get(rule.kind, 0) + 1
     kinds = ", ".join(f"{n} {kind}" for kind, n in counts.items())
-    print(f"OK: {ruleset.name!r}, {len(ruleset.rules)} rule{'s' * (len(ruleset.rules) != 1)}"
+    print(f"OK: {ruleset.name!r}, {_rules(len(ruleset.rules))}"
           + (f" ({kinds})" if kinds else ""))
     return 0
 
@@ -235,7 +239,7 @@ def _create(args, cfg) -> int:
         stored = store.create(conn, body, actor(), args.based_on)
     print(stored.version)
     against = f"rules-v{stored.based_on}" if stored.based_on else "nothing (no live set)"
-    print(f"created {store.label(stored.version)}: draft {stored.name!r}, {len(ruleset.rules)} rules; "
+    print(f"created {store.label(stored.version)}: draft {stored.name!r}, {_rules(len(ruleset.rules))}; "
           f"diff against {against} in `recsys rules audit --version {stored.version}`", file=sys.stderr)
     return 0
 
@@ -266,7 +270,7 @@ def _show(args, cfg) -> int:
         print(json.dumps(stored.as_dict(), indent=2))
         return 0
     s = stored.summary()
-    print(f"{s['label']}  {s['state']}  {s['name']!r}: {s['rules']} rules")
+    print(f"{s['label']}  {s['state']}  {s['name']!r}: {_rules(s['rules'])}")
     print(f"created {s['created_at']} by {s['created_by']}"
           + (f", based on rules-v{s['based_on']}" if s["based_on"] else "") + f"; state since {s['state_changed_at']}")
     print(json.dumps(stored.body, indent=2))
@@ -318,10 +322,12 @@ def _fmt(value, digits: int = 3) -> str:
 
 def _block_lines(b: dict, indent: str = "  ") -> list[str]:
     pins = b["pins"]
+    span = f"  ({b['first_run']} .. {b['last_run']})" if b.get("first_run") else ""
+    share = f" ({pins['share']:.0%})" if pins["share"] is not None else ""
     return [
-        f"{indent}runs               {b['runs']}" + (f"  ({b['first_run']} .. {b['last_run']})" if b.get("first_run") else ""),
+        f"{indent}runs               {b['runs']}{span}",
         f"{indent}overlap@k          {_fmt(b['overlap_at_k'])}   (share of the live rail the shadow rail kept)",
-        f"{indent}pins honoured      {pins['honoured']} of {pins['applied']}" + (f" ({pins['share']:.0%})" if pins["share"] is not None else ""),
+        f"{indent}pins honoured      {pins['honoured']} of {pins['applied']}{share}",
         f"{indent}blocked removed    {b['blocked_removed']}   (live items the shadow set would block)",
         f"{indent}margin             live {_fmt(b['margin']['live'])}   shadow {_fmt(b['margin']['shadow'])}",
         f"{indent}price              live {_fmt(b['price']['live'], 2)}   shadow {_fmt(b['price']['shadow'], 2)}",
@@ -347,6 +353,9 @@ def report_lines(report: dict) -> list[str]:
     return lines
 
 
+VERSION_KEYS = ("against", "replaced", "replaced_by")   # audit details that name a version
+
+
 def _audit(args, cfg) -> int:
     from recsys.rules import store
 
@@ -362,10 +371,12 @@ def _audit(args, cfg) -> int:
         d = dict(row["detail"] or {})
         patch = d.pop("diff", None)
         moved = f"{d.pop('from_state', '')}->{d.pop('to_state', '')}".strip("->")
-        rest = ", ".join(f"{k} {v}" for k, v in d.items() if v is not None)
-        changes = f", {len(patch)} change{'s' * (len(patch) != 1)}" if patch is not None else ""
-        print(f"{row['at'][:19]}  {row['action']:<9} rules-v{row['version']:<4} {moved:<16} {row['actor']}"
-              + (f"  ({rest}{changes})" if rest or changes else ""))
+        parts = [f"{k.replace('_', ' ')} {'rules-v' + str(v) if k in VERSION_KEYS else v}"
+                 for k, v in d.items() if v is not None]
+        if patch is not None:
+            parts.append(f"{len(patch)} change{'s' * (len(patch) != 1)}")
+        print(f"{row['at'][:19]}  {row['action']:<9} {'rules-v' + str(row['version']):<10} {moved:<16} {row['actor']}"
+              + (f"  ({', '.join(parts)})" if parts else ""))
     return 0
 
 
@@ -441,8 +452,8 @@ def preview_lines(result: dict) -> list[str]:
                      b["sku"] if b else "-", b["source"] if b else "", "; ".join(notes)))
     widths = [max(len(r[c]) for r in rows) for c in range(6)]
     for r in rows:
-        lines.append("  ".join(cell.ljust(w) if c else cell.rjust(w) for c, (cell, w) in enumerate(zip(r[:6], widths)))
-                     + ("  " + r[6] if r[6] else ""))
+        cells = "  ".join(cell.ljust(w) if c else cell.rjust(w) for c, (cell, w) in enumerate(zip(r[:6], widths)))
+        lines.append((cells + ("  " + r[6] if r[6] else "")).rstrip())
     for side, rail in (("live", live), ("draft", draft)):
         explained = rail.get("rules") or {}
         details = []
