@@ -3,7 +3,8 @@ ANN query alone; HTTP serving for each topology (the saturation curve with wrk, 
 fixed rate, cache hits, CPU per request by process); a soak and chaos faults under a mixed load
 (docs/reliability.md). Written to docs/benchmarks.*
 
-`recsys bench --only floor,ann` runs some of them: models, ingest, floor, ann, http, soak, chaos.
+`recsys bench --only floor,ann` runs some of them: models, ingest, floor, ann, http, soak, chaos, rules
+(the merchandising rules' cost on the slots stage, in process: needs no services).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 from recsys.bench.report import DOCS, record
 
 COMMAND = "make bench"
-PARTS = ("models", "ingest", "floor", "ann", "http", "soak", "chaos")
+PARTS = ("models", "ingest", "floor", "ann", "http", "soak", "chaos", "rules")
 
 
 def run_bench(cfg, only: str | None = None, docs: Path = DOCS, overrides: list[str] | None = None) -> int:
@@ -31,7 +32,8 @@ def run_bench(cfg, only: str | None = None, docs: Path = DOCS, overrides: list[s
         from recsys.bench.wrk import require_wrk
 
         require_wrk()
-    url = bring_up(cfg, overrides) if wanted - {"chaos"} else None   # chaos brings up a stack of its own
+    # chaos brings up a stack of its own; rules runs in process on an in-memory catalog
+    url = bring_up(cfg, overrides) if wanted - {"chaos", "rules"} else None
     if "models" in wanted:  # the live models' offline metrics, as their training jobs measured them
         from recsys.bench.models import record_models
 
@@ -57,5 +59,11 @@ def run_bench(cfg, only: str | None = None, docs: Path = DOCS, overrides: list[s
 
         print("\n== chaos: faults one after another under the mixed load")
         record(bench_chaos(cfg, overrides), COMMAND, docs)
+    if "rules" in wanted:  # in process, no services: 50 rules on 120 candidates (recsys/bench/rules.py)
+        from recsys.bench.rules import bench_rules
+
+        print("\n== rules: the slots stage with and without a 50-rule set")
+        sizes = {k: int(b[f"rules_{k}"]) for k in ("calls", "warmup", "runs", "n_items") if f"rules_{k}" in b}
+        record(bench_rules(cfg, **sizes), COMMAND, docs)   # sizes: +bench.rules_calls=50 for a quick look
     print(f"written: {docs / 'benchmarks.md'}, {docs / 'benchmarks.json'}")
     return 0
