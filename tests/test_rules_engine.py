@@ -227,9 +227,7 @@ PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[Heal
 
 def _blocked_skus(body: dict) -> set[str]:
     """Every SKU some block of `body` matches, from the blocks' own filters (not the engine's verdicts)."""
-    rules = _compiled(body)
-    active, _ = rules.active("homepage_hero", None)
-    gone, _ = rules.blocked(active, np.arange(TABLE.n), None)
+    gone = _compiled(body).plan("homepage_hero", None).blocked(np.arange(TABLE.n), None)
     return {TABLE.skus[i] for i in np.flatnonzero(gone)}
 
 

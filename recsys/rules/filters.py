@@ -41,6 +41,9 @@ class ItemTable:
         tags = items["tags"].tolist() if "tags" in items else [()] * self.n
         self.columns["tags"] = np.array([tuple(t or ()) for t in tags] + [()], dtype=object)
         self.in_stock = np.append(self.columns["stock"][:-1] > 0, False)
+        self.margin = np.nan_to_num(self.columns["margin"], nan=0.0)
+        # brand and category as integer codes (caps count them); the last row's code is its own
+        self.codes = {name: np.append(pd.factorize(items[name])[0], -2) for name in ("brand", "category")}
 
     def rows(self, skus: list[str]) -> np.ndarray:
         get = self.row_of.get
@@ -59,6 +62,8 @@ class RequestFacts:
     cart_category: list[str] = field(default_factory=list)
     cohort: str = "new"
     accessory_rows: np.ndarray | None = None    # rows of the accessories of the context's SKUs
+    accessory_mask: np.ndarray | None = None    # the same as a mask over the table's rows
+    memo: dict = field(default_factory=dict)    # filters on the request, evaluated for this request
 
 
 # A compiled item filter: a mask over every row (static), or a function of (rows, facts) -> mask.
@@ -94,57 +99,81 @@ def _list_leaf(values: np.ndarray, op: str, value) -> np.ndarray:
 
 
 def compile_filter(node, table: ItemTable):
-    """A filter tree (recsys/rules/schema.py) as a static mask over `table`'s rows or a function."""
+    """A filter tree (recsys/rules/schema.py) as a mask over `table`'s rows, or, when it depends on the
+    request (`accessory_of_context`), a function of the request's facts giving that mask."""
     for name, combine in (("all", np.logical_and.reduce), ("any", np.logical_or.reduce)):
-        children = getattr(node, name, None)
+        children = getattr(node, name, None) if name in type(node).model_fields else None
         if children is not None:
             parts = [compile_filter(child, table) for child in children]
             if all(isinstance(p, np.ndarray) for p in parts):
                 return combine(parts)
-            return lambda rows, facts, parts=parts, combine=combine: combine(
-                [p[rows] if isinstance(p, np.ndarray) else p(rows, facts) for p in parts])
-    inner = getattr(node, "not_", None)
-    if inner is not None:
-        part = compile_filter(inner, table)
+            return lambda facts, parts=parts, combine=combine: combine(
+                [p if isinstance(p, np.ndarray) else p(facts) for p in parts])
+    if "not_" in type(node).model_fields:
+        part = compile_filter(node.not_, table)
         if isinstance(part, np.ndarray):
-            return ~part
-        return lambda rows, facts: ~part(rows, facts)
+            return _known(~part)
+        return lambda facts: _known(~part(facts))
     op, value = node.op
     if node.field == "accessory_of_context":
-        def accessory(rows: np.ndarray, facts: RequestFacts) -> np.ndarray:
-            found = np.isin(rows, facts.accessory_rows) if facts.accessory_rows is not None else np.zeros(len(rows), bool)
-            return found & (rows >= 0) if value else ~found & (rows >= 0)
+        nothing = np.zeros(table.n + 1, dtype=bool)
+
+        def accessory(facts: RequestFacts) -> np.ndarray:
+            found = facts.accessory_mask if facts is not None and facts.accessory_mask is not None else nothing
+            return found if value else _known(~found)
         return accessory
     kind, values = ITEM_FIELDS[node.field], table.columns[node.field]
     mask = (_text_leaf if kind == "text" else _number_leaf if kind == "number" else _list_leaf)(values, op, value)
-    mask[-1] = False   # a SKU the catalog lacks matches no leaf
+    return _known(mask)
+
+
+def _known(mask: np.ndarray) -> np.ndarray:
+    """A SKU the catalog lacks (the table's last row) matches no filter, negated or not."""
+    mask[-1] = False
     return mask
 
 
-def evaluate(compiled, rows: np.ndarray, facts: RequestFacts) -> np.ndarray:
-    """The compiled filter's verdict on these rows."""
-    return compiled[rows] if isinstance(compiled, np.ndarray) else compiled(rows, facts)
+def evaluate(compiled, rows: np.ndarray, facts: RequestFacts | None) -> np.ndarray:
+    """The compiled filter's verdict on these rows. A filter on the request is evaluated once per
+    request over the whole catalog (a few array operations) and remembered in `facts`."""
+    if isinstance(compiled, np.ndarray):
+        return compiled[rows]
+    if facts is None:
+        return compiled(None)[rows]
+    full = facts.memo.get(id(compiled))
+    if full is None:
+        full = facts.memo[id(compiled)] = compiled(facts)
+    return full[rows]
+
+
+def compile_condition(node) -> Callable[[RequestFacts], bool]:
+    """A request condition as a function of the request's facts (built once per rule set)."""
+    for name, combine in (("all", all), ("any", any)):
+        children = getattr(node, name, None) if name in type(node).model_fields else None
+        if children is not None:
+            parts = [compile_condition(child) for child in children]
+            return lambda facts, parts=parts, combine=combine: combine(p(facts) for p in parts)
+    if "not_" in type(node).model_fields:
+        inner = compile_condition(node.not_)
+        return lambda facts: not inner(facts)
+    op, value = node.op
+    name = node.field
+    if REQUEST_FIELDS[name] == "list":
+        if op == "contains":
+            return lambda facts: value in getattr(facts, name)
+        if op == "eq":
+            return lambda facts: value in getattr(facts, name)
+        wanted = set(value)
+        return lambda facts: any(v in wanted for v in getattr(facts, name))
+    if op == "eq":
+        return lambda facts: getattr(facts, name) == value
+    if op == "in":
+        wanted = set(value)
+        return lambda facts: getattr(facts, name) in wanted
+    needle = str(value).lower()
+    return lambda facts: getattr(facts, name) is not None and needle in str(getattr(facts, name)).lower()
 
 
 def matches_request(node, facts: RequestFacts) -> bool:
-    """A request condition's verdict (plain Python: a handful of facts)."""
-    for name, combine in (("all", all), ("any", any)):
-        children = getattr(node, name, None)
-        if children is not None:
-            return combine(matches_request(child, facts) for child in children)
-    inner = getattr(node, "not_", None)
-    if inner is not None:
-        return not matches_request(inner, facts)
-    op, value = node.op
-    got = getattr(facts, node.field)
-    if REQUEST_FIELDS[node.field] == "list":
-        if op == "contains":
-            return value in got
-        return any(v == value for v in got) if op == "eq" else any(v in value for v in got)
-    if got is None:
-        return False
-    if op == "eq":
-        return got == value
-    if op == "in":
-        return got in value
-    return str(value).lower() in str(got).lower()   # contains
+    """A request condition's verdict (compiled on the fly: rule sets compile theirs once)."""
+    return compile_condition(node)(facts)

@@ -12,8 +12,10 @@ from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal, Union
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag,
+                      ValidationError, field_validator, model_validator)
+
+from recsys.features.events import PRINTABLE
 
 # What a filter may look at. Numbers compare with gte / lte / between; text with eq / in / contains
 # (a case-insensitive substring); lists (tags, the cart) match eq / in when any element does and
@@ -35,13 +37,29 @@ REQUEST_FIELDS = {
 OPERATORS = ("eq", "in", "gte", "lte", "between", "contains")
 ALLOWED = {"text": {"eq", "in", "contains"}, "number": {"eq", "in", "gte", "lte", "between"},
            "list": {"eq", "in", "contains"}, "flag": {"eq"}}
-Scalar = Union[bool, int, float, str]
+
+
+def _utf8(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("not valid UTF-8 (a lone surrogate)") from None
+    return text
+
+
+def Text(max_length: int, min_length: int = 0):
+    """Printable, bounded, valid UTF-8: what a jsonb column, a log line and a Redis key can all hold."""
+    return Annotated[str, StringConstraints(min_length=min_length, max_length=max_length, pattern=PRINTABLE),
+                     AfterValidator(_utf8)]
+
+
+Scalar = Union[bool, int, float, Text(200)]
 Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
-Label = Annotated[str, Field(min_length=1, max_length=200)]
+Label = Text(200, 1)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class _Leaf(_Strict):
@@ -55,7 +73,7 @@ class _Leaf(_Strict):
     between: tuple[float, float] | None = None
     contains: Scalar | None = None
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
     FIELDS: ClassVar[dict[str, str]] = ITEM_FIELDS   # which fields this kind of leaf may name
 
     @model_validator(mode="after")
@@ -120,7 +138,7 @@ def _tree(leaf: type) -> Any:
 
     class Not(_Strict):
         not_: Node = Field(alias="not")
-        model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+        model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
     Node = Annotated[Union[Annotated[All, Tag("~all")], Annotated[Any_, Tag("~any")], Annotated[Not, Tag("~not")],
                            Annotated[leaf, Tag("~leaf")]], Discriminator(_node_kind)]
@@ -141,7 +159,7 @@ class Window(_Strict):
 
     start: datetime | None = None
     end: datetime | None = None
-    timezone: str = "UTC"
+    timezone: Text(64, 1) = "UTC"
 
     @field_validator("timezone")
     @classmethod
@@ -174,7 +192,7 @@ class Window(_Strict):
 class _Rule(_Strict):
     id: Id
     label: Label
-    surfaces: list[str] = Field(min_length=1, max_length=20, description="the surfaces it applies on")
+    surfaces: list[Text(64, 1)] = Field(min_length=1, max_length=20, description="the surfaces it applies on")
     when: RequestCondition | None = Field(None, description="a condition on the request")
     window: Window | None = None
     priority: int = Field(0, ge=-1000, le=1000, description="higher wins a conflict")
@@ -183,7 +201,7 @@ class _Rule(_Strict):
 class Pin(_Rule):
     """This SKU at this slot (1 = first)."""
     kind: Literal["pin"]
-    sku: Annotated[str, Field(min_length=1, max_length=128)]
+    sku: Text(128, 1)
     slot: int = Field(ge=1, le=50)
 
 
@@ -242,8 +260,8 @@ KINDS = ("pin", "boost", "bury", "block", "margin_floor", "cap", "quota")
 class RuleSet(_Strict):
     """A merchandising rule set: what `recsys rules validate` and POST /v1/admin/rules take."""
 
-    name: Annotated[str, Field(min_length=1, max_length=200)]
-    description: Annotated[str, Field(max_length=2000)] = ""
+    name: Text(200, 1)
+    description: Text(2000) = ""
     rules: list[Rule] = Field(max_length=500)
 
     @model_validator(mode="after")
@@ -278,17 +296,20 @@ def error_path(loc: tuple) -> str:
 
 def validate(document: Any, surfaces: list[str] | None = None) -> tuple[RuleSet | None, list[dict]]:
     """(the rule set, []) or (None, [{path, reason}, ...]) with every error found. `surfaces`: the
-    configured surfaces a rule may name."""
+    configured surfaces a rule may name (checked on the document as given, beside the schema)."""
+    errors = []
     try:
         ruleset = RuleSet.model_validate(document)
     except ValidationError as exc:
-        return None, [{"path": error_path(e["loc"]), "reason": e["msg"].removeprefix("Value error, ")}
-                      for e in exc.errors(include_url=False)]
-    errors = []
-    if surfaces is not None:
-        for i, rule in enumerate(ruleset.rules):
-            for j, name in enumerate(rule.surfaces):
-                if name not in surfaces:
+        ruleset = None
+        errors = [{"path": error_path(e["loc"]), "reason": e["msg"].removeprefix("Value error, ")}
+                  for e in exc.errors(include_url=False)]
+    rules = document.get("rules") if isinstance(document, dict) else None
+    if surfaces is not None and isinstance(rules, list):
+        for i, rule in enumerate(rules):
+            named = rule.get("surfaces") if isinstance(rule, dict) else None
+            for j, name in enumerate(named if isinstance(named, list) else []):
+                if isinstance(name, str) and name not in surfaces:
                     errors.append({"path": f"$.rules[{i}].surfaces[{j}]",
                                    "reason": f"unknown surface {name!r}; one of {', '.join(surfaces)}"})
     return (None, errors) if errors else (ruleset, [])

@@ -104,8 +104,7 @@ class ShadowRunner:
         from recsys.serve.stages.slots import request_facts   # serving code: imported where it runs
 
         facts = request_facts(table, req, user)
-        active, _ = shadow.active(req.surface, facts)
-        blocked, _ = shadow.blocked(active, table.rows(live_skus), facts)
+        blocked = shadow.plan(req.surface, facts).blocked(table.rows(live_skus), facts)
         pins = slate.rules["pins"] if slate.rules else {}
         head = {sku for sku, _ in self.res.bestsellers[: self.head_skus]}
 

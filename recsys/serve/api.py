@@ -144,9 +144,19 @@ admin_key = require_role("admin", _resources)
 
 
 def _include_rules_api() -> None:
-    from recsys.serve.rules_api import router
+    from fastapi.openapi.utils import get_openapi
+
+    from recsys.serve.rules_api import add_rule_set_schemas, router
 
     api.include_router(router)
+
+    def openapi() -> dict:
+        if api.openapi_schema is None:
+            api.openapi_schema = add_rule_set_schemas(get_openapi(
+                title=api.title, version=api.version, description=api.description, routes=api.routes))
+        return api.openapi_schema
+
+    api.openapi = openapi
 
 
 _include_rules_api()

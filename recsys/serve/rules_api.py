@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from recsys.auth import ApiKey
@@ -15,7 +14,7 @@ from recsys.auth.http import require_role
 from recsys.features.events import PRINTABLE
 from recsys.rules import shadow as shadow_runs
 from recsys.rules import store
-from recsys.rules.schema import json_schema, validate
+from recsys.rules.schema import RuleSet, json_schema, validate
 from recsys.serve.limits import sku_list
 from recsys.serve.request import RecRequest
 
@@ -73,14 +72,34 @@ class PreviewRequest(BaseModel):
     device: str | None = Field(None, max_length=32, pattern=PRINTABLE)
     geo: str | None = Field(None, max_length=16, pattern=PRINTABLE)
     k: int = Field(12, ge=1, le=50)
-    version: int | None = Field(None, ge=1, description="a stored version to preview against live")
+    version: int | None = Field(None, ge=1, le=2**31 - 1, description="a stored version to preview against live")
     rule_set: dict | None = Field(None, description="or an unsaved rule set (validated like a new one)")
 
 
-ERRORS = {code: {"description": text} for code, text in (
-    (401, "no valid API key"), (403, "the key's role may not do this"), (404, "no such version"),
-    (409, "the version's state does not allow it"), (422, "invalid: every error with its JSON path"),
+class ErrorAnswer(BaseModel):
+    """A refusal: `detail` is a sentence, or a list of errors ({path, reason} for a rule set)."""
+    detail: str | list[dict]
+
+
+ERRORS = {code: {"model": ErrorAnswer, "description": text} for code, text in (
+    (400, "the body is not readable JSON"), (401, "no valid API key"), (403, "the key's role may not do this"),
+    (404, "no such version"), (409, "the version's state does not allow it"),
+    (413, "request body over serve.max_body_bytes"), (422, "invalid: every error with its JSON path"),
     (503, "Postgres or the replica is unavailable"))}
+# The body a rule set travels in: parsed by recsys.rules.schema (errors by JSON path), documented as its
+# schema; its definitions join the OpenAPI document's components (`add_rule_set_schemas`).
+_SCHEMA = RuleSet.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
+RULE_SET_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": {"$ref": "#/components/schemas/RuleSet"}}}}}
+
+
+def add_rule_set_schemas(document: dict) -> dict:
+    """The OpenAPI document with the rule set's JSON Schema under components.schemas."""
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    schemas.update(_SCHEMA.get("$defs", {}))
+    schemas["RuleSet"] = {k: v for k, v in _SCHEMA.items() if k != "$defs"}
+    return document
+Version = Path(ge=1, le=2**31 - 1, description="a rule set version")
 
 
 @router.get("/schema", responses=ERRORS)
@@ -89,17 +108,16 @@ def schema(key: ApiKey = Depends(merchandiser_key)) -> dict:
     return json_schema()
 
 
-@router.post("/validate", response_model=Validated, responses=ERRORS)
+@router.post("/validate", response_model=Validated, responses=ERRORS, openapi_extra=RULE_SET_BODY)
 def validate_rules(request: Request, document: Any = Body(...), key: ApiKey = Depends(merchandiser_key)):
-    """Check a rule set without storing it: 200 when valid, 422 with every error's JSON path otherwise."""
+    """Check a rule set without storing it: `valid`, and every error with its JSON path. (Creating an
+    invalid set answers 422 with the same errors.)"""
     ruleset, errors = validate(document, _surfaces(request))
-    if errors:
-        return JSONResponse({"valid": False, "rules": 0, "errors": errors}, status_code=422)
-    return {"valid": True, "rules": len(ruleset.rules), "errors": []}
+    return {"valid": not errors, "rules": len(ruleset.rules) if ruleset else 0, "errors": errors}
 
 
-@router.post("", status_code=201, responses=ERRORS)
-def create(request: Request, document: Any = Body(...), based_on: int | None = Query(None, ge=1),
+@router.post("", status_code=201, responses=ERRORS, openapi_extra=RULE_SET_BODY)
+def create(request: Request, document: Any = Body(...), based_on: int | None = Query(None, ge=1, le=2**31 - 1),
            key: ApiKey = Depends(merchandiser_key)) -> dict:
     """Store a rule set as a new draft version (immutable). The audit's diff is against `based_on`, or live."""
     ruleset = _checked(request, document)
@@ -116,7 +134,7 @@ def list_sets(request: Request, key: ApiKey = Depends(merchandiser_key)) -> list
 
 
 @router.get("/audit", responses=ERRORS)
-def audit(request: Request, version: int | None = Query(None, ge=1), limit: int = Query(200, ge=1, le=5000),
+def audit(request: Request, version: int | None = Query(None, ge=1, le=2**31 - 1), limit: int = Query(200, ge=1, le=5000),
           key: ApiKey = Depends(merchandiser_key)) -> list[dict]:
     """Who did what when: create, shadow, publish, rollback, archive, with the JSON Patch of each change."""
     with _pool(request).connection() as conn:
@@ -156,20 +174,20 @@ def preview(request: Request, ask: PreviewRequest, key: ApiKey = Depends(merchan
 
 
 @router.get("/{version}", responses=ERRORS)
-def get(request: Request, version: int, key: ApiKey = Depends(merchandiser_key)) -> dict:
+def get(request: Request, version: int = Version, key: ApiKey = Depends(merchandiser_key)) -> dict:
     with _pool(request).connection() as conn:
         return _stored(store.get, conn, version).as_dict()
 
 
 @router.post("/{version}/shadow", responses=ERRORS)
-def start_shadow(request: Request, version: int, key: ApiKey = Depends(merchandiser_key)) -> dict:
+def start_shadow(request: Request, version: int = Version, key: ApiKey = Depends(merchandiser_key)) -> dict:
     """Run a draft in shadow on `rules.shadow.share` of requests (never served)."""
     with _pool(request).connection() as conn:
         return _stored(store.shadow, conn, version, actor(key)).as_dict()
 
 
 @router.get("/{version}/shadow-report", responses=ERRORS)
-def shadow_report(request: Request, version: int, key: ApiKey = Depends(merchandiser_key)) -> dict:
+def shadow_report(request: Request, version: int = Version, key: ApiKey = Depends(merchandiser_key)) -> dict:
     """What the version did in shadow against live: overlap@k, pins honoured, blocked items removed,
     margin, price, coverage and long-tail share, and the time it cost."""
     res = _recommender(request).res
@@ -179,14 +197,14 @@ def shadow_report(request: Request, version: int, key: ApiKey = Depends(merchand
 
 
 @router.post("/{version}/publish", responses=ERRORS)
-def publish(request: Request, version: int, key: ApiKey = Depends(merchandiser_key)) -> dict:
+def publish(request: Request, version: int = Version, key: ApiKey = Depends(merchandiser_key)) -> dict:
     """Make a draft or the shadow set live (one transaction); replicas apply it within `rules.poll_s`."""
     with _pool(request).connection() as conn:
         return _stored(store.publish, conn, version, actor(key)).as_dict()
 
 
 @router.post("/{version}/archive", responses=ERRORS)
-def archive(request: Request, version: int, key: ApiKey = Depends(merchandiser_key)) -> dict:
+def archive(request: Request, version: int = Version, key: ApiKey = Depends(merchandiser_key)) -> dict:
     """Retire a version (archiving the live one leaves serving without rules)."""
     with _pool(request).connection() as conn:
         return _stored(store.archive, conn, version, actor(key)).as_dict()

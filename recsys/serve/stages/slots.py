@@ -59,16 +59,20 @@ class Slate:
 
 def request_facts(table: ItemTable, req: RecRequest, user: UserState) -> RequestFacts:
     """What a rule's condition and an `accessory_of_context` filter see of this request."""
-    catalog = table.catalog
-    category = catalog.items["category"]
-    cart = list(dict.fromkeys(req.cart + sorted(user.cart)))
+    catalog, category, row_of = table.catalog, table.columns["category"], table.row_of
+    cart = list(dict.fromkeys(req.cart + sorted(user.cart))) if user.cart else req.cart
     accessories = [a for sku in req.context_skus for a, _ in catalog.accessories.get(sku, ())]
-    return RequestFacts(
+    facts = RequestFacts(
         device=req.device or user.device, geo=req.geo or user.geo, context_sku=list(req.skus),
-        context_category=[category[s] for s in req.skus if s in table.row_of],
-        cart_sku=cart, cart_category=[category[s] for s in cart if s in table.row_of],
-        cohort="new" if not user.known else "customer" if user.purchased else "returning",
-        accessory_rows=table.rows(accessories) if accessories else None)
+        context_category=[category[row_of[s]] for s in req.skus if s in row_of],
+        cart_sku=cart, cart_category=[category[row_of[s]] for s in cart if s in row_of],
+        cohort="new" if not user.known else "customer" if user.purchased else "returning")
+    if accessories:
+        facts.accessory_rows = table.rows(accessories)
+        facts.accessory_mask = np.zeros(table.n + 1, dtype=bool)
+        facts.accessory_mask[facts.accessory_rows] = True
+        facts.accessory_mask[-1] = False
+    return facts
 
 
 def _unit_range(values: np.ndarray) -> np.ndarray:
@@ -87,6 +91,7 @@ class Slots:
         self._codes_for = None                    # the catalog snapshot the attribute codes come from
         self._codes: dict[str, dict[str, int]] = {}
         self._attribute_codes([], [])             # built now, not on the first request
+        self._fallback_key, self._fallback_cache = None, None
 
     def select(self, req: RecRequest, user: UserState, candidates: list[Pooled], scores: list[Score]) -> Slate:
         self.res.refresh()
@@ -99,41 +104,47 @@ class Slots:
         k = self._k(req)
         excluded = excluded_skus(req, user, surface)
         relevance = _unit_range(np.array([s.value for _, s in ranked]))
-        active: list = []
+        plan = None
         if rules is not None:
             facts = request_facts(rules.table, req, user)
-            active, inactive = rules.active(req.surface, facts)
-        if not active:
+            plan = rules.plan(req.surface, facts)
+        if plan is None or not plan.rules:
             items = [self._item(req, ranked[i], i, penalty) for i, penalty in self._mmr(req, ranked, relevance)]
-            rules_done = Arranged([], inactive=inactive) if rules is not None else None
-            return self._slate(req, self._fill(req, items, self._fallback(excluded)), rules, rules_done)
-        done = Arranged([], inactive=inactive)
-        rows = rules.table.rows([c.sku for c, _ in ranked])
-        blocked, by = rules.blocked(active, rows, facts)
-        factor, boosted = rules.factors(active, rows, facts)
-        for i in np.flatnonzero(blocked):
-            done.blocked[ranked[i][0].sku] = by[i]
-        if (factor != 1.0).any():   # the scaled score, floored above 0 so that a multiplier always moves it
+            done = Arranged([], inactive=plan.inactive) if plan is not None else None
+            return self._slate(req, self._fill(req, items, self._fallback(excluded)), rules, done)
+        table = rules.table
+        done = Arranged([], inactive=plan.inactive)
+        rows = table.rows([c.sku for c, _ in ranked])
+        blocked = plan.blocked(rows, facts)
+        factor = plan.factors(rows, facts)
+        if req.explain:
+            done.blocked = {ranked[i][0].sku: by for i, by in zip(np.flatnonzero(blocked),
+                                                                  plan.blocked_by(rows[blocked], facts))}
+        if factor is not None:   # the scaled score, floored above 0 so that a multiplier always moves it
             relevance = (0.05 + 0.95 * relevance) * factor
         keep = np.flatnonzero(~blocked)
         kept = [ranked[i] for i in keep]
         relevance = relevance[keep]
         picks = self._mmr(req, kept, relevance)
-        picked = {i for i, _ in picks}
-        order = [i for i, _ in picks] + [int(i) for i in np.argsort(-relevance, kind="stable") if i not in picked]
-        at = {kept[i][0].sku: (i, dict(picks).get(i, 0.0)) for i in order}
-        done = rules.arrange(active, [kept[i][0].sku for i in order], k, facts, self._fallback(excluded), excluded, done)
+        penalties = dict(picks)
+        order = [i for i, _ in picks]
+        if len(kept) > len(order):
+            order += [int(i) for i in np.argsort(-relevance, kind="stable") if int(i) not in penalties]
+        done = plan.arrange(rows[keep][order], k, facts, self._fallback_rows(table),
+                            table.rows(list(excluded)), done)
+        at = {kept[i][0].sku: i for i in order}
+        boosted = plan.boost_notes(rows[keep], facts) if req.explain else {}
         items = []
         for sku in done.skus:
             notes = done.notes.get(sku, [])
             if sku in at:
-                i, penalty = at[sku]
-                item = self._item(req, kept[i], int(keep[i]), penalty)
-                notes = boosted.get(int(keep[i]), []) + notes
+                i = at[sku]
+                item = self._item(req, kept[i], int(keep[i]), penalties.get(i, 0.0))
+                notes = boosted.get(i, []) + notes
             else:
-                pinned_or_drawn = bool(notes) and not notes[0].startswith("over a cap")
-                item = self._filler(req, sku, "rules" if pinned_or_drawn else surface["fallback"],
-                                    [n.split(": ", 1)[1] for n in notes] if pinned_or_drawn else ["fallback"])
+                drawn = bool(notes) and not notes[0].startswith("over a cap")
+                item = self._filler(req, sku, "rules" if drawn else surface["fallback"],
+                                    [n.split(": ", 1)[1] for n in notes] if drawn else ["fallback"])
             if req.explain:
                 item["explain"]["rules"] = notes
             items.append(item)
@@ -148,12 +159,23 @@ class Slots:
         more = self._fallback(excluded)
         if rules is not None:
             facts = request_facts(rules.table, req, user)
-            active, _ = rules.active(req.surface, facts)
-            gone, _ = rules.blocked(active, rules.table.rows([c.sku for c, _ in ranked]), facts)
+            plan = rules.plan(req.surface, facts)
+            gone = plan.blocked(rules.table.rows([c.sku for c, _ in ranked]), facts)
             ranked = [pair for pair, out in zip(ranked, gone) if not out]
-            more = (sku for sku in more if not rules.blocked(active, rules.table.rows([sku]), facts)[0][0])
+            more = (sku for sku in more if not plan.blocked(rules.table.rows([sku]), facts)[0])
         items = [self._item(req, pair, i, 0.0) for i, pair in enumerate(ranked[: self._k(req)])]
         return self._slate(req, self._fill(req, items, more), rules, None)
+
+    def _fallback_rows(self, table: ItemTable) -> np.ndarray:
+        """The fallback pool (bestsellers, then the catalog) as rows of `table`, in stock; kept until the
+        table or the bestsellers change."""
+        key = (id(table), id(self.res.bestsellers))
+        if self._fallback_key != key:
+            pool = list(dict.fromkeys(chain((sku for sku, _ in self.res.bestsellers), table.skus[:500])))
+            rows = table.rows(pool)
+            self._fallback_cache = rows[(rows >= 0) & table.in_stock[rows]]
+            self._fallback_key = key
+        return self._fallback_cache
 
     def _mmr(self, req: RecRequest, ranked: list[tuple[Pooled, Score]], relevance: np.ndarray) -> list[tuple[int, float]]:
         attributes = self.surfaces[req.surface]["diversity"]["attributes"]   # name -> weight
