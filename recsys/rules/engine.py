@@ -138,7 +138,8 @@ class Plan:
             if r.kind == "cap" and (r.by not in tightest or r.max < tightest[r.by][1]):
                 tightest[r.by] = (r, r.max)
         self.cap_rules = [r for r in rules if r.kind == "cap"]
-        self.caps = [(r, self.table.codes[by], most) for by, (r, most) in tightest.items()]
+        self.caps = [(r, self.table.codes[by], most, int(self.table.codes[by].max(initial=0)) + 3)
+                     for by, (r, most) in tightest.items()]
         order = {r.id: i for i, r in enumerate(compiled.rules)}
         by_priority = lambda rs: sorted(rs, key=lambda r: (-r.priority, order[r.id]))   # noqa: E731
         self.minimums = by_priority(r for r in rules if r.kind == "quota" or (r.kind == "margin_floor" and not r.average))
@@ -204,14 +205,13 @@ class Plan:
         the rules. `excluded`: rows the request must not show."""
         mins = [(rule, min(rule.slots if rule.kind == "quota" else rule.at_least, k)) for rule in self.minimums]
         masks = [evaluate(self.compiled.masks[rule.id], pool, facts) for rule, _ in mins]
-        wanting = {rule.id for (rule, need), mask in zip(mins, masks) if int(mask.sum()) < need}
-        if len(pool) < k or wanting:   # the pool cannot do it: draw on the fallback pool and the catalog
-            pool = self._extend(pool, k, facts, fallback, excluded, wanting)
-            masks = [evaluate(self.compiled.masks[rule.id], pool, facts) for rule, _ in mins]
+        wanting = {rule.id for (rule, need), mask in zip(mins, masks) if np.count_nonzero(mask) < need}
+        extended = len(pool) < k or bool(wanting)
+        if extended:   # the pool cannot do it: draw on the fallback pool and the catalog
+            pool, masks = self._extend(pool, masks, k, facts, fallback, excluded, wanting)
         chosen = self._select(pool, k, list(zip(mins, masks)))
-        if chosen.wanting and not (len(pool) < k or wanting):   # caps or an average the pool could not meet
-            pool = self._extend(pool, k, facts, fallback, excluded, chosen.wanting)
-            masks = [evaluate(self.compiled.masks[rule.id], pool, facts) for rule, _ in mins]
+        if chosen.wanting and not extended:   # caps or an average floor the pool could not meet
+            pool, masks = self._extend(pool, masks, k, facts, fallback, excluded, chosen.wanting)
             chosen = self._select(pool, k, list(zip(mins, masks)))
         out.unmet.update(chosen.unmet)
         skus = self.table.skus
@@ -227,9 +227,9 @@ class Plan:
         taken = [False] * n
         chosen = _Chosen()
         selected, notes = chosen.selected, chosen.notes
-        keys = [codes[pool].tolist() for _, codes, _ in self.caps]
-        counts = [[0] * (int(codes.max(initial=0)) + 3) for _, codes, _ in self.caps]
-        limits = [most for _, _, most in self.caps]
+        keys = [codes[pool].tolist() for _, codes, _, _ in self.caps]
+        counts = [[0] * size for _, _, _, size in self.caps]
+        limits = [most for _, _, most, _ in self.caps]
         caps = list(zip(keys, counts, limits))
 
         def fits(i: int) -> bool:
@@ -245,7 +245,7 @@ class Plan:
                 count[key[i]] += 1
 
         for (rule, need), mask in mins:
-            have = int(mask[selected].sum()) if selected else 0
+            have = int(np.count_nonzero(mask[selected])) if selected else 0
             if have < need:
                 for i in np.flatnonzero(mask).tolist():
                     if have >= need or len(selected) >= k:
@@ -288,14 +288,15 @@ class Plan:
             if total / len(selected) >= rule.margin:
                 continue
             needed = set()   # slots a quota or count floor cannot spare
+            picked = np.array(selected)
             for (_, need), mask in mins:
-                members = [i for i in selected if mask[i]]
+                members = picked[mask[picked]]
                 if len(members) <= need:
-                    needed.update(members)
+                    needed.update(members.tolist())
             droppable = sorted((i for i in selected if i not in needed), key=lambda i: (margins[i], -i))
             if by_margin is None:
                 by_margin = np.argsort(-self.table.margin[pool], kind="stable").tolist()
-            options = [i for i in by_margin if not taken[i]]
+            options = by_margin
             j = 0
             for drop in droppable:
                 if total / len(selected) >= rule.margin:
@@ -322,9 +323,9 @@ class Plan:
                 chosen.unmet[rule.id] = f"average margin {total / len(selected):.3f} < {rule.margin}: no better items"
                 chosen.wanting.add(rule.id)
 
-    def _extend(self, pool: np.ndarray, k: int, facts: RequestFacts | None, fallback: np.ndarray,
-                excluded: np.ndarray, wanting: set[str]) -> np.ndarray:
-        """The pool, then (when the rail is short, or a cap or an average floor wants more) up to 4k of
+    def _extend(self, pool: np.ndarray, masks: list[np.ndarray], k: int, facts: RequestFacts | None,
+                fallback: np.ndarray, excluded: np.ndarray, wanting: set[str]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The pool (and the minimums' masks over it), then (when the rail is short, or a cap or an average floor wants more) up to 4k of
         the fallback pool, then for each quota or count floor left wanting up to 4x its slots of matching
         catalog items (best sellers first; for a filter on the request's
         context, the context's accessories); never a blocked or excluded row, nor one twice."""
@@ -352,7 +353,10 @@ class Plan:
                 rows = facts.accessory_rows[facts.accessory_rows >= 0]
                 draw = rows[evaluate(self.compiled.masks[rule.id], rows, facts) & self.table.in_stock[rows]]
             parts.append(fresh(draw, min(CATALOG_DRAW, 4 * need)))   # room for what the caps turn away
-        return np.concatenate(parts)
+        extra = np.concatenate(parts[1:])
+        masks = [np.concatenate([mask, evaluate(self.compiled.masks[rule.id], extra, facts)])
+                 for rule, mask in zip(self.minimums, masks)]
+        return np.concatenate([pool, extra]), masks
 
     def _pin(self, skus: list[str], protected: set[str], k: int, facts: RequestFacts | None,
              excluded: np.ndarray, out: Arranged) -> Arranged:
@@ -362,6 +366,10 @@ class Plan:
         winners: dict[int, str] = {}
         by_sku: dict[str, str] = {}
         excluded_set = set(excluded.tolist())
+        dynamic = {}   # pin row -> blocked by a block on the request's context
+        if self.dynamic_blocks:
+            rows = np.array([self.pin_checks[r.id][0] for r in self.pins])
+            dynamic = dict(zip(rows.tolist(), self.blocked(rows, facts).tolist()))
         for rule in self.pins:
             out.pins[rule.id] = rule.slot
             row, reason = self.pin_checks[rule.id]
@@ -375,7 +383,7 @@ class Plan:
                 pass
             elif row in excluded_set:
                 reason = f"{rule.sku} is excluded here (in the cart, bought, or the page's own)"
-            elif self.dynamic_blocks and self.blocked(np.array([row]), facts)[0]:
+            elif dynamic.get(row):
                 reason = f"{rule.sku} is blocked by {self.blocked_by(np.array([row]), facts)[0]}"
             if reason:
                 out.unmet[rule.id] = reason

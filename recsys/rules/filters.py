@@ -47,7 +47,7 @@ class ItemTable:
 
     def rows(self, skus: list[str]) -> np.ndarray:
         get = self.row_of.get
-        return np.fromiter((get(s, -1) for s in skus), dtype=np.int64, count=len(skus))
+        return np.array([get(s, -1) for s in skus], dtype=np.int64)
 
 
 @dataclass
@@ -62,8 +62,20 @@ class RequestFacts:
     cart_category: list[str] = field(default_factory=list)
     cohort: str = "new"
     accessory_rows: np.ndarray | None = None    # rows of the accessories of the context's SKUs
-    accessory_mask: np.ndarray | None = None    # the same as a mask over the table's rows
+    table_size: int = 0                         # rows in the table they index (with its last row)
     memo: dict = field(default_factory=dict)    # filters on the request, evaluated for this request
+
+    @property
+    def accessory_mask(self) -> np.ndarray | None:
+        """The accessories as a mask over the table's rows (built once, when a filter first asks)."""
+        if self.accessory_rows is None:
+            return None
+        mask = self.memo.get("accessories")
+        if mask is None:
+            mask = self.memo["accessories"] = np.zeros(self.table_size, dtype=bool)
+            mask[self.accessory_rows] = True
+            mask[-1] = False
+        return mask
 
 
 # A compiled item filter: a mask over every row (static), or a function of (rows, facts) -> mask.

@@ -67,11 +67,9 @@ def request_facts(table: ItemTable, req: RecRequest, user: UserState) -> Request
         context_category=[category[row_of[s]] for s in req.skus if s in row_of],
         cart_sku=cart, cart_category=[category[row_of[s]] for s in cart if s in row_of],
         cohort="new" if not user.known else "customer" if user.purchased else "returning")
-    if accessories:
+    if accessories:   # the mask over the catalog is built when a filter first asks for it
         facts.accessory_rows = table.rows(accessories)
-        facts.accessory_mask = np.zeros(table.n + 1, dtype=bool)
-        facts.accessory_mask[facts.accessory_rows] = True
-        facts.accessory_mask[-1] = False
+        facts.table_size = table.n + 1
     return facts
 
 
@@ -90,7 +88,7 @@ class Slots:
         self.attributes = sorted({a for s in self.surfaces.values() for a in s["diversity"]["attributes"]})
         self._codes_for = None                    # the catalog snapshot the attribute codes come from
         self._codes: dict[str, dict[str, int]] = {}
-        self._attribute_codes([], [])             # built now, not on the first request
+        self._catalog_rows([])                    # built now, not on the first request
         self._fallback_key, self._fallback_cache = None, None
 
     def select(self, req: RecRequest, user: UserState, candidates: list[Pooled], scores: list[Score]) -> Slate:
@@ -109,12 +107,16 @@ class Slots:
             facts = request_facts(rules.table, req, user)
             plan = rules.plan(req.surface, facts)
         if plan is None or not plan.rules:
-            items = [self._item(req, ranked[i], i, penalty) for i, penalty in self._mmr(req, ranked, relevance)]
+            rows = self._catalog_rows([c.sku for c, _ in ranked])
+            items = [self._item(req, ranked[i], i, penalty) for i, penalty in self._mmr(req, rows, relevance)]
             done = Arranged([], inactive=plan.inactive) if plan is not None else None
             return self._slate(req, self._fill(req, items, self._fallback(excluded)), rules, done)
         table = rules.table
         done = Arranged([], inactive=plan.inactive)
-        rows = table.rows([c.sku for c, _ in ranked])
+        skus = [c.sku for c, _ in ranked]
+        rows = self._catalog_rows(skus)
+        if table.catalog is not self._codes_for:   # the rule set was compiled on another snapshot
+            rows = table.rows(skus)
         blocked = plan.blocked(rows, facts)
         factor = plan.factors(rows, facts)
         if req.explain:
@@ -125,13 +127,18 @@ class Slots:
         keep = np.flatnonzero(~blocked)
         kept = [ranked[i] for i in keep]
         relevance = relevance[keep]
-        picks = self._mmr(req, kept, relevance)
+        picks = self._mmr(req, rows[keep] if table.catalog is self._codes_for else self._catalog_rows(
+            [c.sku for c, _ in kept]), relevance)
         penalties = dict(picks)
-        order = [i for i, _ in picks]
-        if len(kept) > len(order):
-            order += [int(i) for i in np.argsort(-relevance, kind="stable") if int(i) not in penalties]
+        order = np.array([i for i, _ in picks], dtype=np.int64)
+        if len(kept) > len(order):   # then the rest by relevance
+            rest = np.argsort(-relevance, kind="stable")
+            picked = np.zeros(len(kept), dtype=bool)
+            picked[order] = True
+            order = np.concatenate([order, rest[~picked[rest]]])
         done = plan.arrange(rows[keep][order], k, facts, self._fallback_rows(table),
                             table.rows(list(excluded)), done)
+        order = order.tolist()
         at = {kept[i][0].sku: i for i in order}
         boosted = plan.boost_notes(rows[keep], facts) if req.explain else {}
         items = []
@@ -177,12 +184,13 @@ class Slots:
             self._fallback_key = key
         return self._fallback_cache
 
-    def _mmr(self, req: RecRequest, ranked: list[tuple[Pooled, Score]], relevance: np.ndarray) -> list[tuple[int, float]]:
-        attributes = self.surfaces[req.surface]["diversity"]["attributes"]   # name -> weight
-        codes = self._attribute_codes([c.sku for c, _ in ranked], list(attributes))
+    def _mmr(self, req: RecRequest, rows: np.ndarray, relevance: np.ndarray) -> list[tuple[int, float]]:
+        """MMR over the pool whose catalog rows are `rows` (in ranked order)."""
+        diversity = self.surfaces[req.surface]["diversity"]
+        attributes = diversity["attributes"]   # name -> weight
+        codes = self._attribute_codes(rows, list(attributes))
         weights = np.array(list(attributes.values()), dtype=float)
-        return mmr(relevance, codes, weights / weights.sum(), float(self.surfaces[req.surface]["diversity"]["lambda"]),
-                   self._k(req))
+        return mmr(relevance, codes, weights / weights.sum(), float(diversity["lambda"]), self._k(req))
 
     @staticmethod
     def _slate(req: RecRequest, items: list[dict], rules: CompiledRuleSet | None, done: Arranged | None) -> Slate:
@@ -200,16 +208,28 @@ class Slots:
     def ranked(candidates: list[Pooled], scores: list[Score]) -> list[tuple[Pooled, Score]]:
         return sorted(zip(candidates, scores), key=lambda pair: pair[1].value, reverse=True)
 
-    def _attribute_codes(self, skus: list[str], attributes: list[str]) -> np.ndarray:
-        """One integer per SKU and attribute; a SKU the catalog lacks matches nothing (codes below -1;
-        -1 is a missing value in the catalog)."""
+    def _catalog_rows(self, skus: list[str]) -> np.ndarray:
+        """The SKUs' rows in the current catalog snapshot (-1: not in it); the rules' item table of
+        the same snapshot numbers them alike."""
         catalog = self.res.catalog
         if catalog is not self._codes_for:
-            self._codes = {a: dict(zip(catalog.items.index, pd.factorize(catalog.items[a])[0].tolist()))
-                           for a in self.attributes} if catalog is not None else {}
+            self._row_of = {sku: i for i, sku in enumerate(catalog.items.index)} if catalog is not None else {}
+            self._codes = {a: pd.factorize(catalog.items[a])[0] for a in self.attributes} if catalog is not None else {}
             self._codes_for = catalog
-        columns = [[self._codes.get(a, {}).get(sku, -2 - j) for j, sku in enumerate(skus)] for a in attributes]
-        return np.array(columns, dtype=np.int64).reshape(len(attributes), len(skus)).T
+        get = self._row_of.get
+        return np.array([get(sku, -1) for sku in skus], dtype=np.int64)
+
+    def _attribute_codes(self, rows: np.ndarray, attributes: list[str]) -> np.ndarray:
+        """One integer per row and attribute; a SKU the catalog lacks matches nothing (codes below -1;
+        -1 is a missing value in the catalog)."""
+        unknown = rows < 0
+        columns = []
+        for a in attributes:
+            codes = self._codes[a][rows] if a in self._codes and len(rows) else np.full(len(rows), -2)
+            if unknown.any():
+                codes = np.where(unknown, -2 - np.arange(len(rows)), codes)
+            columns.append(codes)
+        return np.array(columns, dtype=np.int64).reshape(len(attributes), len(rows)).T
 
     @staticmethod
     def _item(req: RecRequest, pair: tuple[Pooled, Score], ranked_at: int, penalty: float) -> dict:
