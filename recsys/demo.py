@@ -106,6 +106,37 @@ def wait_healthy(url: str, timeout: float = 180) -> None:
     raise TimeoutError(f"{url}/healthz did not answer within {timeout} s")
 
 
+def show_rules(cfg, url: str, key: str, timeout_s: float = 10.0) -> None:
+    """Publish conf/rules/examples/demo.json through the admin API and show a rail before and after."""
+    from recsys.rules.store import label
+
+    step("merchandising rules: conf/rules/examples/demo.json published through /v1/admin/rules, no deploy")
+    headers = {"Authorization": f"Bearer {key}"}
+    rail_url = f"{url}/v1/recommendations/homepage_hero?session_id=demo-rules"
+
+    def rail() -> dict:
+        return httpx.get(rail_url, timeout=10).json()
+
+    def line(body: dict) -> str:
+        return ", ".join(f"{i['sku']} ({i['source']})" for i in body["items"][:5])
+
+    before = rail()
+    document = json.loads((Path(cfg.rules.examples) / "demo.json").read_text())
+    created = httpx.post(f"{url}/v1/admin/rules", json=document, headers=headers, timeout=10)
+    created.raise_for_status()
+    version = created.json()["version"]
+    started = time.monotonic()
+    httpx.post(f"{url}/v1/admin/rules/{version}/publish", headers=headers, timeout=10).raise_for_status()
+    after = rail()
+    while after["rule_set_version"] != label(version) and time.monotonic() - started < timeout_s:
+        time.sleep(0.1)
+        after = rail()
+    took = time.monotonic() - started
+    print(f"  {len(document['rules'])} rules: {', '.join(r['label'] for r in document['rules'])}")
+    print(f"  before ({before['rule_set_version']}): {line(before)}, ...")
+    print(f"  after  ({after['rule_set_version']}, live on this replica {took:.1f} s after publishing): {line(after)}, ...")
+
+
 def run_demo(cfg, overrides: list[str]) -> int:
     from recsys.services import Postgres
 
@@ -137,11 +168,13 @@ def run_demo(cfg, overrides: list[str]) -> int:
     time.sleep(1.0)
     body = httpx.get(f"{url}/v1/recommendations/homepage_hero?user_id=demo-user", timeout=10).json()
     print(f"  homepage_hero for demo-user now: {[i['sku'] for i in body['items'][:6]]} ...")
+    show_rules(cfg, url, keys["merchandiser"])
     print(f"\nrecsys is up ({time.monotonic() - start:.0f} s). Try:")
     print(f"  {url}/docs                                   OpenAPI")
     print(f"  {url}/healthz")
     for surface_paths in paths.values():
         print(f"  {url}{surface_paths[0]}")
     print(f"  API keys in {keys_path}: .venv/bin/recsys keys list | create --role R | revoke ID")
+    print("  .venv/bin/recsys rules list | audit | preview | rollback     merchandising rules (docs/merchandising.md)")
     print("  .venv/bin/recsys services status | make stop")
     return 0
