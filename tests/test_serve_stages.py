@@ -69,7 +69,7 @@ def test_diversity_spreads_twelve_slots_over_more_categories_and_price_bands(wor
 
     def spread(lam: float) -> tuple[int, int]:
         slots = Slots(make_cfg(f"surfaces.pdp_fbt.diversity.lambda={lam}"), recommender.res)
-        skus = [i["sku"] for i in slots.select(req, user, candidates, scores)]
+        skus = [i["sku"] for i in slots.select(req, user, candidates, scores).items]
         assert len(skus) == 12
         return items.loc[skus, "category"].nunique(), items.loc[skus, "price_band"].nunique()
 

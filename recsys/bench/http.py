@@ -18,6 +18,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
+import httpx
 import psycopg
 from omegaconf import DictConfig
 
@@ -165,7 +166,8 @@ def _open_loop(s: Setup) -> dict[str, list[Run]]:
             runs[surface].append(_open_run(s, paths, rate, f"run {rep + 1} {surface}"))
         if cached:
             replay = [p for group in zip(*served) for p in group]   # the surfaces interleaved
-            missing = [p for p, hit in zip(replay, _in_cache(s.cache, replay)) if not hit]
+            rules = httpx.get(s.base_url + replay[0], timeout=10).json().get("rule_set_version")   # in the cache key
+            missing = [p for p, hit in zip(replay, _in_cache(s.cache, replay, rules)) if not hit]
             if missing:   # expired, or degraded (never cached): served again first, not measured
                 print(f"    ({len(missing)} of {len(replay)} paths not in the cache: served again first)")
                 run_load(s.base_url, missing, rate, len(missing) / rate, int(b.http_concurrency),
@@ -185,10 +187,10 @@ def _open_run(s: Setup, paths: list[str], rate: float, label: str) -> Run:
                used, res.sent - res.errors, before)
 
 
-def _in_cache(cache: ResponseCache, paths: list[str]) -> list[bool]:
+def _in_cache(cache: ResponseCache, paths: list[str], rules_version: str | None) -> list[bool]:
     pipe = cache.store.r.pipeline(transaction=False)
     for path in paths:
-        pipe.exists(cache.key(request_of(path)))
+        pipe.exists(cache.key(request_of(path), rules_version))
     return [bool(n) for n in pipe.execute()]
 
 

@@ -87,7 +87,8 @@ class Slots:
         self.surfaces = OmegaConf.to_container(cfg.surfaces, resolve=True)
         self.attributes = sorted({a for s in self.surfaces.values() for a in s["diversity"]["attributes"]})
         self._codes_for = None                    # the catalog snapshot the attribute codes come from
-        self._codes: dict[str, dict[str, int]] = {}
+        self._row_of: dict[str, int] = {}         # sku -> row in that snapshot
+        self._codes: dict[str, np.ndarray] = {}   # attribute -> its code per row
         self._catalog_rows([])                    # built now, not on the first request
         self._fallback_key, self._fallback_cache = None, None
 
