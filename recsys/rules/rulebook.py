@@ -1,8 +1,8 @@
 """The rule sets a serving replica applies: the live one and the one in shadow, compiled against the
 replica's catalog snapshot.
 
-A replica polls Postgres for the live and shadow versions every `rules.poll_s` (on its refresher
-thread, never in a request), so a publish or a rollback applies everywhere within that time plus one
+A replica polls Postgres for the live and shadow versions every `rules.poll_s` (on a thread of its
+own, never in a request, and whether or not requests come: recsys/serve/resources.py), so a publish or a rollback applies everywhere within that time plus one
 compile, without a restart. While Postgres is down the last compiled sets stay. Compiled sets are
 rebuilt when the catalog snapshot changes, and hourly (an item's age moves on).
 """

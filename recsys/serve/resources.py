@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -30,6 +31,17 @@ log = logging.getLogger(__name__)
 
 # What tells a catalog snapshot is stale: items and edges counted, the latest item update.
 CATALOG_STATE = "SELECT count(*), max(updated_at), (SELECT count(*) FROM item_edges) FROM items"
+
+
+def _poll_rules_forever(resources: "weakref.ref[Resources]", every_s: float) -> None:
+    """Poll the rule sets every `every_s` until the Resources object is gone."""
+    while True:
+        time.sleep(every_s)
+        res = resources()
+        if res is None:
+            return
+        res.poll_rules()
+        del res
 
 
 class Resources:
@@ -70,10 +82,14 @@ class Resources:
         self._next_counters = 0.0
         w = cfg.serve.write_behind
         self.rules = RuleBook(cfg)   # the live and shadow rule sets, polled (recsys/rules/rulebook.py)
-        self._next_rules = 0.0
+        self._rules_failing = False
         self.writes = WriteBehind(self.store.r, self.impression_producer, float(w.flush_ms), int(w.max_batch),
                                   int(w.max_queued), float(w.impression_flush_ms))
         self.refresh(wait=True)
+        # Rules are polled on a timer of their own, not on requests: a replica answering only cache hits
+        # (which skip the pipeline) must still switch sets within rules.poll_s.
+        threading.Thread(target=_poll_rules_forever, args=(weakref.ref(self), self.rules.poll_s),
+                         name="rules-poll", daemon=True).start()
 
     def _configure(self, conn: psycopg.Connection) -> None:
         """Each new pooled connection: vector types and HNSW ef_search set once, so a search is one round trip."""
@@ -89,9 +105,6 @@ class Resources:
         if now >= self._next_counters and self.catalog is not None:
             self._next_counters = now + self.counters_every_s
             self._refresher.submit(self._read_counters)
-        if now >= self._next_rules and not wait:
-            self._next_rules = now + self.rules.poll_s
-            self._refresher.submit(self.poll_rules)
         if now < self._next_refresh or self._loading.locked():
             return
         self._next_refresh = now + retry_s
@@ -104,12 +117,15 @@ class Resources:
 
     def poll_rules(self) -> None:
         """The live and shadow rule sets' versions (recompiled when they or the catalog changed);
-        every `rules.poll_s`, on the refresher thread."""
+        every `rules.poll_s`, on the replica's rules-poll thread."""
         try:
             with self.pool.connection(timeout=1) as conn:
                 self.rules.poll(conn, self.catalog, [sku for sku, _ in self.bestsellers])
-        except Exception as exc:
-            log.warning("rule sets not polled: %s", exc)
+            self._rules_failing = False
+        except Exception as exc:   # said once per outage: the last compiled sets stay meanwhile
+            if not self._rules_failing:
+                log.warning("rule sets not polled (the last ones stay): %s", exc)
+            self._rules_failing = True
 
     def _read_counters(self) -> None:
         """The item counters of every catalog SKU (recsys/serve/item_counters.py), every
