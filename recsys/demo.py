@@ -120,18 +120,25 @@ def show_rules(cfg, url: str, key: str, timeout_s: float = 10.0) -> None:
     def line(body: dict) -> str:
         return ", ".join(f"{i['sku']} ({i['source']})" for i in body["items"][:5])
 
-    before = rail()
+    def until(version: str | None) -> tuple[dict, float]:
+        started = time.monotonic()
+        body = rail()
+        while body["rule_set_version"] != version and time.monotonic() - started < timeout_s:
+            time.sleep(0.1)
+            body = rail()
+        return body, time.monotonic() - started
+
+    live = [s for s in httpx.get(f"{url}/v1/admin/rules", headers=headers, timeout=10).json() if s["state"] == "live"]
+    for old in live:   # a second demo: the rail without rules first, so that "before" means before
+        httpx.post(f"{url}/v1/admin/rules/{old['version']}/archive", headers=headers, timeout=10).raise_for_status()
+        print(f"  {old['label']} (live from an earlier run) archived: recsys rules rollback brings it back")
+    before, _ = until(None)
     document = json.loads((Path(cfg.rules.examples) / "demo.json").read_text())
     created = httpx.post(f"{url}/v1/admin/rules", json=document, headers=headers, timeout=10)
     created.raise_for_status()
     version = created.json()["version"]
-    started = time.monotonic()
     httpx.post(f"{url}/v1/admin/rules/{version}/publish", headers=headers, timeout=10).raise_for_status()
-    after = rail()
-    while after["rule_set_version"] != label(version) and time.monotonic() - started < timeout_s:
-        time.sleep(0.1)
-        after = rail()
-    took = time.monotonic() - started
+    after, took = until(label(version))
     print(f"  {len(document['rules'])} rules: {', '.join(r['label'] for r in document['rules'])}")
     print(f"  before ({before['rule_set_version']}): {line(before)}, ...")
     print(f"  after  ({after['rule_set_version']}, live on this replica {took:.1f} s after publishing): {line(after)}, ...")
