@@ -53,6 +53,12 @@ def _stored(call, *args):
         raise HTTPException(exc.status, str(exc)) from None
 
 
+def _transition(request: Request, move, *args) -> dict:
+    """A lifecycle step of recsys/rules/store.py in its own transaction; 404/409 when refused."""
+    with _pool(request).connection() as conn:
+        return _stored(move, conn, *args).as_dict()
+
+
 def _pool(request: Request):
     return _recommender(request).res.pool
 
@@ -144,8 +150,7 @@ def audit(request: Request, version: int | None = Query(None, ge=1, le=2**31 - 1
 @router.post("/rollback", responses=ERRORS)
 def rollback(request: Request, key: ApiKey = Depends(merchandiser_key)) -> dict:
     """The previous live version becomes live again; replicas apply it within `rules.poll_s`."""
-    with _pool(request).connection() as conn:
-        return _stored(store.rollback, conn, actor(key)).as_dict()
+    return _transition(request, store.rollback, actor(key))
 
 
 @router.post("/preview", responses=ERRORS)
@@ -182,8 +187,7 @@ def get(request: Request, version: int = Version, key: ApiKey = Depends(merchand
 @router.post("/{version}/shadow", responses=ERRORS)
 def start_shadow(request: Request, version: int = Version, key: ApiKey = Depends(merchandiser_key)) -> dict:
     """Run a draft in shadow on `rules.shadow.share` of requests (never served)."""
-    with _pool(request).connection() as conn:
-        return _stored(store.shadow, conn, version, actor(key)).as_dict()
+    return _transition(request, store.shadow, version, actor(key))
 
 
 @router.get("/{version}/shadow-report", responses=ERRORS)
@@ -199,12 +203,10 @@ def shadow_report(request: Request, version: int = Version, key: ApiKey = Depend
 @router.post("/{version}/publish", responses=ERRORS)
 def publish(request: Request, version: int = Version, key: ApiKey = Depends(merchandiser_key)) -> dict:
     """Make a draft or the shadow set live (one transaction); replicas apply it within `rules.poll_s`."""
-    with _pool(request).connection() as conn:
-        return _stored(store.publish, conn, version, actor(key)).as_dict()
+    return _transition(request, store.publish, version, actor(key))
 
 
 @router.post("/{version}/archive", responses=ERRORS)
 def archive(request: Request, version: int = Version, key: ApiKey = Depends(merchandiser_key)) -> dict:
     """Retire a version (archiving the live one leaves serving without rules)."""
-    with _pool(request).connection() as conn:
-        return _stored(store.archive, conn, version, actor(key)).as_dict()
+    return _transition(request, store.archive, version, actor(key))
