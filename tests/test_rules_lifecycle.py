@@ -5,6 +5,7 @@ runs beside live on a sampled request without changing it."""
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import psycopg
@@ -110,11 +111,10 @@ def test_the_live_set_applies_after_a_poll_and_cached_rails_of_another_set_are_n
     assert _rail(recommender, user)["items"] == before["items"]          # cached
     pinned = next(s for s in sorted(res.catalog.in_stock) if s not in {i["sku"] for i in before["items"]})
     live = store.publish(pg, store.create(pg, _body("pin one", _pin(pinned)), ACTOR).version, ACTOR)
-    assert _rail(recommender, user)["rule_set_version"] is None          # not polled yet: the old set still
-    res.poll_rules()
+    res.poll_rules()   # the replica's timer does it within rules.poll_s; here at once
     after = _rail(recommender, user)
     assert after["rule_set_version"] == store.label(live.version)
-    assert after["items"][0]["sku"] == pinned and after["items"][0]["source"] == "rules"
+    assert after["items"][0]["sku"] == pinned
     store.archive(pg, live.version, ACTOR)
     res.poll_rules()
     again = _rail(recommender, user)
@@ -158,3 +158,16 @@ def test_the_shadow_set_runs_beside_live_without_changing_it_and_reports(recomme
     assert got["overlap_at_k"] < 1.0 and got["pins"]["applied"] == len(users)
     assert got["surfaces"]["homepage_hero"]["runs"] == len(users)
     assert got["margin"]["live"] is not None and got["extra_ms"]["shadow_p95"] > 0
+
+
+def test_a_replica_switches_sets_without_any_request(world, clean_rules):
+    """Polling runs on a timer, not on requests: a replica answering only cache hits (which skip the
+    pipeline) must switch sets too — the demo's repeated request once never saw its publish."""
+    pg = clean_rules
+    quiet = Recommender(make_cfg(*PATIENT, "rules.poll_s=0.2"))
+    assert quiet.res.rules.live_version is None
+    live = store.publish(pg, store.create(pg, _body("timer", _pin("E000001")), ACTOR).version, ACTOR)
+    deadline = time.monotonic() + 5
+    while quiet.res.rules.live_version != store.label(live.version) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert quiet.res.rules.live_version == store.label(live.version)

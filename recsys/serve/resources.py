@@ -34,13 +34,16 @@ CATALOG_STATE = "SELECT count(*), max(updated_at), (SELECT count(*) FROM item_ed
 
 
 def _poll_rules_forever(resources: "weakref.ref[Resources]", every_s: float) -> None:
-    """Poll the rule sets every `every_s` until the Resources object is gone."""
+    """Poll the rule sets every `every_s` (ten times less often while Postgres fails) until the
+    Resources object is gone or its pool closed."""
+    wait = every_s
     while True:
-        time.sleep(every_s)
+        time.sleep(wait)
         res = resources()
-        if res is None:
+        if res is None or res.pool.closed:
             return
         res.poll_rules()
+        wait = every_s * (10 if res._rules_failing else 1)
         del res
 
 
