@@ -184,8 +184,3 @@ def compile_condition(node) -> Callable[[RequestFacts], bool]:
         return lambda facts: getattr(facts, name) in wanted
     needle = str(value).lower()
     return lambda facts: getattr(facts, name) is not None and needle in str(getattr(facts, name)).lower()
-
-
-def matches_request(node, facts: RequestFacts) -> bool:
-    """A request condition's verdict (compiled on the fly: rule sets compile theirs once)."""
-    return compile_condition(node)(facts)
