@@ -243,7 +243,10 @@ def test_property_blocked_never_shown_pins_at_their_slot_k_distinct_and_determin
     assert not blocked & set(rail)
     for rule in body["rules"]:
         if rule["kind"] == "pin" and rule["sku"] not in blocked and rule["sku"] in CATALOG.in_stock:
-            assert rail[rule["slot"] - 1] == rule["sku"], rule
+            if len(rail) >= rule["slot"]:
+                assert rail[rule["slot"] - 1] == rule["sku"], rule
+            else:   # blocks left the rail shorter than the slot: the pin closes it
+                assert rule["sku"] in rail, rule
     assert _rail(body, pool) == rail
 
 
