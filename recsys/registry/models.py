@@ -1,7 +1,9 @@
 """Register a trained model, move it between stages, and find the live one per kind.
 
-Stages: candidate (just trained) -> canary -> live -> retired. Making a version live retires the
-previous live version of the same kind in the same transaction.
+Stages: candidate (just trained) -> canary -> live -> retired, or rejected when its release gates
+refuse it (recsys/release/gates.py; the report is kept in `gates`). Making a version live retires the
+previous live version of the same kind in the same transaction. Only recsys/release/promote.py makes a
+version live, after its gates.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from datetime import datetime
 
 import psycopg
 
-STAGES = ("candidate", "canary", "live", "retired")
+STAGES = ("candidate", "rejected", "canary", "live", "retired")
 
 
 @dataclass
@@ -24,9 +26,10 @@ class ModelRecord:
     artifact_uri: str
     stage: str
     created_at: datetime
+    gates: dict | None = None     # the last gate report (recsys/release/gates.py), None before any
 
 
-_COLUMNS = "version, kind, config, metrics, artifact_uri, stage, created_at"
+_COLUMNS = "version, kind, config, metrics, artifact_uri, stage, created_at, gates"
 
 
 def register(conn: psycopg.Connection, version: str, kind: str, artifact_uri: str, config: dict | None = None,
@@ -65,3 +68,10 @@ def set_stage(conn: psycopg.Connection, version: str, stage: str) -> ModelRecord
                          "WHERE kind = %s AND stage = 'live' AND version <> %s", (record.kind, version))
         conn.execute("UPDATE models SET stage = %s, updated_at = now() WHERE version = %s", (stage, version))
     return get(conn, version)
+
+
+def set_gates(conn: psycopg.Connection, version: str, report: dict) -> None:
+    """Store a gate report beside the version's metrics; a failed report rejects a candidate."""
+    conn.execute("UPDATE models SET gates = %s, updated_at = now(), stage = CASE WHEN %s AND stage = "
+                 "'candidate' THEN 'rejected' ELSE stage END WHERE version = %s",
+                 (json.dumps(report, default=str), not report["passed"], version))
