@@ -219,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
 
     register_rules(sub)   # `recsys rules validate|create|list|show|schema|preview|shadow|report|publish|...`
 
+    from recsys.release.cli import register as register_release
+
+    register_release(sub)   # `recsys models ...`, `recsys canary ...`, `recsys nightly`, `recsys incremental`
+
     p = sub.add_parser("retention", help="drop event/impression partitions older than the retention")
     p.add_argument("--dry-run", action="store_true", help="print what would be dropped, drop nothing")
     p.set_defaults(run=_retention)

@@ -61,9 +61,12 @@ def test_each_surface_fills_twelve_slots_in_the_contract_shape(client, shopper, 
     r = client.get(f"/v1/recommendations/{surface}", params=params(surface, shopper))
     assert r.status_code == 200
     body = r.json()
-    assert set(body) == {"request_id", "surface", "model_version", "rule_set_version", "items", "degraded"}
+    assert set(body) == {"request_id", "surface", "model_version", "models", "arm", "rule_set_version", "items",
+                         "degraded"}
     assert body["surface"] == surface and body["degraded"] == []
-    assert body["model_version"] == "content-minilm-v1"
+    # what served the rail: every live version (content vectors included) and the arm (no canary: live)
+    assert body["models"]["content"] == "content-minilm-v1" and body["arm"] == "live"
+    assert body["model_version"] == "+".join(body["models"][k] for k in sorted(body["models"]))
     skus = [i["sku"] for i in body["items"]]
     assert len(skus) == 12 == len(set(skus))
     assert all(set(i) == {"sku", "score", "source", "reasons"} for i in body["items"])

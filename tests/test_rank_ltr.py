@@ -89,7 +89,7 @@ def test_train_cli_lightgbm_on_ray_beats_retrieval_order(stack):
     from recsys.serve.recommender import Recommender
     from recsys.serve.request import RecRequest
 
-    assert record.metrics["promoted"] and registry.live(psycopg.connect(Postgres(stack).dsn), "ranker").version == record.version
+    assert result["promoted"] and record.gates["passed"] and registry.live(psycopg.connect(Postgres(stack).dsn), "ranker").version == record.version
     serving = Recommender(make_cfg("serve.ranker=ltr", "serve.budgets_ms.ranker=5000", "surfaces.homepage_hero.cache_ttl_s=0"))
     user = events.loc[events["user_id"].str.match(r"^u[0-9]+$"), "user_id"].iloc[-1]
     body = serving.recommend(RecRequest(surface="homepage_hero", user_id=user, explain=True))

@@ -41,3 +41,36 @@ class LTRRanker:
         import lightgbm as lgb
 
         return cls(lgb.Booster(model_file=str(path)))
+
+
+class PopularityRanker:
+    """Orders candidates by the item's decayed 7-day views, whoever asks: the baseline a ranker must
+    beat. `least_first`: the long tail first (a long-tail push gone too far), the deliberately worse
+    candidate of the canary tests (docs/release.md)."""
+
+    kind = "popularity"
+    feature = "views_7d"
+
+    def __init__(self, least_first: bool = False):
+        self.sign = -1.0 if least_first else 1.0
+
+    def score(self, X: np.ndarray) -> np.ndarray:
+        from recsys.rank.features import INDEX
+
+        X = np.asarray(X, dtype=np.float64).reshape(-1, len(NAMES))
+        return self.sign * np.nan_to_num(X[:, INDEX[self.feature]], nan=0.0)
+
+    def contributions(self, X: np.ndarray) -> np.ndarray:
+        from recsys.rank.features import INDEX
+
+        out = np.zeros((len(X), len(NAMES) + 1))
+        out[:, INDEX[self.feature]] = self.score(X)
+        return out
+
+
+def load_ranker(artifact_uri: str, config: dict) -> LTRRanker | PopularityRanker:
+    """The ranker a registry record describes: `config.type: popularity` (with `least_first`), or a
+    LightGBM model file."""
+    if config.get("type") == "popularity":
+        return PopularityRanker(bool(config.get("least_first", False)))
+    return LTRRanker.load(Path(artifact_uri) / MODEL_FILE)

@@ -50,6 +50,7 @@ def content_vectors(conn: psycopg.Connection, items: ItemTable) -> np.ndarray | 
 def run(cfg) -> dict:
     from recsys.raycluster import ensure_ray
     from recsys.registry import models as registry
+    from recsys.release.promote import release
     from recsys.services import Postgres
 
     started = time.monotonic()
@@ -77,12 +78,13 @@ def run(cfg) -> dict:
     feature_table().to_csv(out / "features.csv", index=False)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     config = OmegaConf.to_container(r, resolve=True)
-    # The gate: a ranker goes live only when it beats the retrieval order it re-ranks.
-    metrics["promoted"] = bool(r.promote) and metrics[f"lightgbm_ndcg@{k}"] > metrics[f"retrieval_order_ndcg@{k}"]
     with psycopg.connect(Postgres(cfg).dsn, autocommit=True) as conn:
         registry.register(conn, version, "ranker", str(out.resolve()), config, metrics)
-        if metrics["promoted"]:
-            registry.set_stage(conn, version, "live")
+        # its gates (conf/gates/ranker.yaml: above the retrieval order it re-ranks, ...), then a canary or live
+        outcome = release(conn, cfg, {"ranker": version}, "rank.train") if r.promote else None
+    metrics["promoted"] = outcome is not None and outcome.action == "live"
+    metrics["release"] = outcome.action if outcome else "candidate"
+    print(outcome.line() if outcome else f"{version}: registered as candidate (ranker.promote false)", flush=True)
     for name in ("retrieval_order", "lightgbm", "mlp"):
         print(f"NDCG@{k} {name:16s} {metrics[f'{name}_ndcg@{k}']:.4f}", flush=True)
     print(f"[{time.monotonic() - started:6.1f}s] {version} registered, artefacts in {out}", flush=True)

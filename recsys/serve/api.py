@@ -41,7 +41,10 @@ class RecommendedItem(BaseModel):
 class Recommendations(BaseModel):
     request_id: str
     surface: str
-    model_version: str | None
+    model_version: str | None = Field(description="every model version that served the rail, joined by '+'")
+    models: dict[str, str] = Field(default_factory=dict, description="kind -> version of what served the rail "
+                                   "(two_tower, als, ranker, content)")
+    arm: str = Field("live", description="live, or during a canary the user's arm: control or canary")
     rule_set_version: str | None = Field(description="the live merchandising rule set the rail was built under")
     items: list[RecommendedItem]
     degraded: list[str] = Field(description="stages or sources left out of this answer (a dead dependency, a budget)")
@@ -146,9 +149,11 @@ admin_key = require_role("admin", _resources)
 def _include_rules_api() -> None:
     from fastapi.openapi.utils import get_openapi
 
+    from recsys.serve.release_api import router as release_router
     from recsys.serve.rules_api import add_rule_set_schemas, router
 
     api.include_router(router)
+    api.include_router(release_router)
 
     def openapi() -> dict:
         if api.openapi_schema is None:

@@ -24,11 +24,13 @@ class ResponseCache:
         return self.ttl_ms.get(req.surface, 0) > 0 and not req.explain
 
     def key(self, req: RecRequest, rules_version: str | None = None) -> str:
-        """Per surface, user (or session) and context, and per live rule set: a publish or a rollback
-        makes every rail cached under the set before unreachable at once."""
+        """Per surface, user (or session) and context, per live rule set and per the models of the
+        request's arm: a publish, a rollback or a new model version makes every rail cached before
+        unreachable at once."""
         who = (f"u:{escape_id(req.user_id)}" if req.user_id else f"s:{escape_id(req.session_id)}" if req.session_id
                else "anon")
-        context = orjson.dumps([req.skus, req.cart, req.k, req.device, req.geo, rules_version])
+        context = orjson.dumps([req.skus, req.cart, req.k, req.device, req.geo, rules_version,
+                                req.arm.label if req.arm else None])
         return f"{self.store.p}rc:{req.surface}:{who}:{hashlib.sha1(context).hexdigest()[:16]}"
 
     def get(self, req: RecRequest, rules_version: str | None = None) -> tuple[dict | None, int]:

@@ -1,6 +1,7 @@
 """Candidate sources backed by the trained models: the two-tower's nearest items, and ALS.
 
-Both read the live versions from the registry when a replica starts. The two-tower searches the live
+Both serve the versions of the request's arm (recsys/release/arms.py; the live ones outside a canary),
+loaded by the replica before it switches to them (Resources.models_for). The two-tower searches the live
 item vector set with recsys/serve/vector_index.py (exact in memory, or pgvector HNSW for a large
 catalog). User vectors come from Redis (precomputed by the pipeline), read by the features stage with
 the user's state; when a user has new events and the vector is older than
@@ -11,7 +12,6 @@ category), held in memory.
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 
@@ -26,31 +26,34 @@ from recsys.models.user_vectors import UserVectorStore, nearest_cohort
 from recsys.serve.request import Candidate, RecRequest
 from recsys.serve.resources import Resources
 
-log = logging.getLogger(__name__)
+class ModelSet:
+    """The models of one arm (kind -> version, recsys/release/arms.py): the two-tower (ONNX user tower,
+    its item vectors and their index, cohort centroids), ALS factors and the ranker, each None when the
+    arm names no version of its kind. Loading fails loudly: the caller keeps the arm it had."""
 
+    def __init__(self, res: Resources, versions: dict[str, str]):
+        from recsys.models.ranker import load_ranker
 
-class LiveModels:
-    """The live two-tower (ONNX user tower, item vectors and their index, cohort centroids) and ALS
-    factors, or None when absent."""
-
-    def __init__(self, res: Resources):
-        self.two_tower = self.als = self.items = None
-        self.version = None
+        self.versions = dict(versions)
+        self.two_tower = self.als = self.items = self.ranker = None
+        self.version = versions.get("two_tower")
         self.cohorts: dict[str, np.ndarray] = {}
-        try:
-            with res.pool.connection(timeout=2) as conn:
-                tt, als = registry.live(conn, "two_tower"), registry.live(conn, "als")
-                live = vectors.live_version(conn, "retrieval")
-                if tt and live:
-                    skus, matrix = vectors.read_vectors(conn, live[0])
-                    self.two_tower = OnnxUserTower(Path(tt.artifact_uri), live, skus, matrix)
-                    self.items = res.vector_index(*live, skus, matrix)
-                    self.version = tt.version
-                    self.cohorts = UserVectorStore(res.store.r, res.store.p).cohorts(tt.version)
-                if als:
-                    self.als = ALSFactors(Path(als.artifact_uri))
-        except Exception as exc:
-            log.warning("live models not loaded: %s", exc)
+        with res.pool.connection(timeout=5) as conn:
+            if self.version:
+                tt = registry.get(conn, self.version)
+                row = conn.execute("SELECT dim FROM vector_sets WHERE model_version = %s AND state IN "
+                                   "('ready', 'live')", (self.version,)).fetchone()
+                if row is None:
+                    raise LookupError(f"no item vector set for {self.version}")
+                skus, matrix = vectors.read_vectors(conn, self.version)
+                self.two_tower = OnnxUserTower(Path(tt.artifact_uri), (self.version, row[0]), skus, matrix)
+                self.items = res.vector_index(self.version, row[0], skus, matrix)
+                self.cohorts = UserVectorStore(res.store.r, res.store.p).cohorts(self.version)
+            if versions.get("als"):
+                self.als = ALSFactors(Path(registry.get(conn, versions["als"]).artifact_uri))
+            if versions.get("ranker"):
+                record = registry.get(conn, versions["ranker"])
+                self.ranker = load_ranker(record.artifact_uri, record.config)
 
 
 class TwoTowerANN:
@@ -58,12 +61,11 @@ class TwoTowerANN:
 
     def __init__(self, res: Resources):
         self.res = res
-        self.models = res.live_models()
         self.store = UserVectorStore(res.store.r, res.store.p)
         self.refresh_s = float(res.cfg.serve.user_vector_refresh_s)
 
-    def _query(self, req: RecRequest, user: UserState) -> tuple[np.ndarray | None, str]:
-        tt, version, now = self.models.two_tower, self.models.version, time.time()
+    def _query(self, models: ModelSet, req: RecRequest, user: UserState) -> tuple[np.ndarray | None, str]:
+        tt, version, now = models.two_tower, models.version, time.time()
         stored = user.stored_vector if user.stored_vector and user.stored_vector[0] == version else None
         if stored is not None and (user.last_seen is None or user.last_seen <= stored[1] or now - stored[1] < self.refresh_s):
             return stored[2], "for you"
@@ -75,16 +77,17 @@ class TwoTowerANN:
         category = None
         if req.skus and self.res.catalog is not None and req.skus[0] in self.res.catalog.items.index:
             category = self.res.catalog.items.at[req.skus[0], "category"]
-        found = nearest_cohort(self.models.cohorts, req.device or user.device, req.geo or user.geo, category)
+        found = nearest_cohort(models.cohorts, req.device or user.device, req.geo or user.geo, category)
         return (found[1], f"popular with shoppers like you ({found[0]})") if found else (None, "")
 
     def fetch(self, req: RecRequest, user: UserState, n: int) -> list[Candidate]:
-        if self.models.two_tower is None:
+        models = self.res.models_of(req)
+        if models.two_tower is None:
             return []
-        query, reason = self._query(req, user)
+        query, reason = self._query(models, req, user)
         if query is None:
             return []
-        return [Candidate(sku, score, self.name, [reason]) for sku, score in self.models.items.search(query, n)]
+        return [Candidate(sku, score, self.name, [reason]) for sku, score in models.items.search(query, n)]
 
 
 class ALSSource:
@@ -92,10 +95,9 @@ class ALSSource:
 
     def __init__(self, res: Resources):
         self.res = res
-        self.models = res.live_models()
 
     def fetch(self, req: RecRequest, user: UserState, n: int) -> list[Candidate]:
-        als = self.models.als
+        als = self.res.models_of(req).als
         if als is None:
             return []
         index = als.index

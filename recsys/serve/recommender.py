@@ -64,6 +64,7 @@ class Recommender:
         degraded: list[str] = []
         timings: dict[str, float] = {}
         deadline = started + self.deadline_s
+        req.arm = self.res.release.arm_for(req.user_id, req.session_id, req.request_id)
         known = self._run(FEATURES, deadline, degraded, timings, req)
         if known.cached is not None:   # a fresh request id: each response is an impression of its own
             response = {"request_id": req.request_id, **known.cached}
@@ -77,11 +78,10 @@ class Recommender:
         scores = self._run(RANKER, deadline, degraded, timings, req, user, candidates)
         slate = self._run(SLOTS, deadline, degraded, timings, req, user, candidates, scores)
 
-        content = self.res.content[0] if self.res.content else None
         response = {
             "request_id": req.request_id,
             "surface": req.surface,
-            "model_version": content or "none",
+            **self.served_by(req),
             "rule_set_version": slate.rule_set_version,
             "items": slate.items,
             "degraded": degraded,
@@ -100,10 +100,20 @@ class Recommender:
         self._log_impression(req, response)
         return response
 
+    def served_by(self, req: RecRequest) -> dict:
+        """`model_version` (every version that served the rail, in one string), `models` (kind ->
+        version, the content vectors' set included) and `arm` (live, control or canary)."""
+        models = dict(req.arm.models)
+        if self.res.content:
+            models["content"] = self.res.content[0]
+        return {"model_version": "+".join(models[k] for k in sorted(models)) or "none", "models": models,
+                "arm": req.arm.name}
+
     def preview(self, req: RecRequest, rule_sets: dict) -> dict:
         """The rail under each of `rule_sets` (name -> compiled set or None) from the same candidates:
         features (never the cache), retrieval and the ranker run once; nothing is cached or logged."""
         req.explain = True
+        req.arm = self.res.release.arm_for(req.user_id, req.session_id, req.request_id)
         degraded: list[str] = []
         timings: dict[str, float] = {}
         deadline = time.perf_counter() + self.deadline_s
@@ -147,5 +157,6 @@ class Recommender:
             "session_id": req.session_id, "context_skus": req.context_skus,
             "skus": [i["sku"] for i in response["items"]], "sources": [i["source"] for i in response["items"]],
             "model_version": response["model_version"], "rule_set_version": response["rule_set_version"],
-            "arm": None, "degraded": list(response["degraded"]),
+            "arm": response["arm"], "canary_id": req.arm.canary_id if req.arm else None,
+            "degraded": list(response["degraded"]),
         })

@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
+from recsys.release.arms import Arm
+
 
 @dataclass
 class RecRequest:
@@ -18,6 +20,7 @@ class RecRequest:
     k: int = 12
     explain: bool = False
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    arm: Arm | None = None   # the models that serve it, assigned by the recommender (recsys/release/arms.py)
 
     @property
     def context_skus(self) -> list[str]:

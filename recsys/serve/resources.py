@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -21,6 +22,7 @@ from recsys.catalog.store import CatalogSnapshot, read_catalog
 from recsys.features import event_log
 from recsys.features.online_store import OnlineStore
 from recsys.rank.features import COUNTER_KEYS
+from recsys.release.arms import ReleaseBook
 from recsys.rules.rulebook import RuleBook
 from recsys.serve.item_counters import ItemCounters
 from recsys.serve.vector_index import VectorIndex
@@ -29,13 +31,15 @@ from recsys.serve.write_behind import WriteBehind
 log = logging.getLogger(__name__)
 
 
+MODEL_SETS_KEPT = 4   # arms' model sets a replica keeps loaded: control and canary, and the ones just before
+
 # What tells a catalog snapshot is stale: items and edges counted, the latest item update.
 CATALOG_STATE = "SELECT count(*), max(updated_at), (SELECT count(*) FROM item_edges) FROM items"
 
 
-def _poll_rules_forever(resources: "weakref.ref[Resources]", every_s: float) -> None:
-    """Poll the rule sets every `every_s` (ten times less often while Postgres fails) until the
-    Resources object is gone or its pool closed."""
+def _poll_forever(resources: "weakref.ref[Resources]", every_s: float) -> None:
+    """Poll the rule sets and the release state (live models, canary) every `every_s` (ten times less
+    often while Postgres fails) until the Resources object is gone or its pool closed."""
     wait = every_s
     while True:
         time.sleep(wait)
@@ -43,6 +47,7 @@ def _poll_rules_forever(resources: "weakref.ref[Resources]", every_s: float) -> 
         if res is None or res.pool.closed:
             return
         res.poll_rules()
+        res.poll_release()
         wait = every_s * (10 if res._rules_failing else 1)
         del res
 
@@ -73,7 +78,9 @@ class Resources:
         self.impressions = None
         self._verifier = None
         self._event_limiter = None
-        self._live_models = None
+        self.release = ReleaseBook(list(cfg.release.served_kinds))   # which models serve whom (recsys/release/arms.py)
+        self._model_sets: OrderedDict[tuple, object] = OrderedDict()   # versions -> ModelSet, the latest few
+        self._model_sets_lock = threading.Lock()
         self._loading = threading.Lock()
         # One long-lived thread for every reload: a fresh thread per reload got a fresh malloc arena
         # from glibc, and each replica grew ~100 MB per reload (the soak in docs/reliability.md).
@@ -85,13 +92,13 @@ class Resources:
         self._next_counters = 0.0
         w = cfg.serve.write_behind
         self.rules = RuleBook(cfg)   # the live and shadow rule sets, polled (recsys/rules/rulebook.py)
-        self._rules_failing = False
+        self._rules_failing = self._release_failing = False
         self.writes = WriteBehind(self.store.r, self.impression_producer, float(w.flush_ms), int(w.max_batch),
                                   int(w.max_queued), float(w.impression_flush_ms))
         self.refresh(wait=True)
-        # Rules are polled on a timer of their own, not on requests: a replica answering only cache hits
-        # (which skip the pipeline) must still switch sets within rules.poll_s.
-        threading.Thread(target=_poll_rules_forever, args=(weakref.ref(self), self.rules.poll_s),
+        # Rules and releases are polled on a timer of their own, not on requests: a replica answering only
+        # cache hits (which skip the pipeline) must still switch sets within rules.poll_s.
+        threading.Thread(target=_poll_forever, args=(weakref.ref(self), self.rules.poll_s),
                          name="rules-poll", daemon=True).start()
 
     def _configure(self, conn: psycopg.Connection) -> None:
@@ -115,6 +122,7 @@ class Resources:
             self._load(max_age_s)
             self._read_counters()
             self.poll_rules()
+            self.poll_release()
         else:
             self._refresher.submit(self._load, max_age_s)
 
@@ -129,6 +137,41 @@ class Resources:
             if not self._rules_failing:
                 log.warning("rule sets not polled (the last ones stay): %s", exc)
             self._rules_failing = True
+
+    def poll_release(self) -> None:
+        """The live model versions and the running canary; a new arm's models are loaded here, on the
+        poll thread, before any request is assigned to it."""
+        try:
+            with self.pool.connection(timeout=1) as conn:
+                self.release.poll(conn, self.models_for)
+        except Exception as exc:   # the arms already loaded keep serving
+            if not self._release_failing:
+                log.warning("release state not polled (the current models stay): %s", exc)
+            self._release_failing = True
+        else:
+            self._release_failing = False
+
+    def models_for(self, versions: dict):
+        """The models of one arm (recsys/serve/model_sources.py ModelSet), loaded once per replica."""
+        from recsys.serve.model_sources import ModelSet
+
+        key = tuple(sorted(versions.items()))
+        with self._model_sets_lock:
+            found = self._model_sets.get(key)
+            if found is not None:
+                self._model_sets.move_to_end(key)
+                return found
+        loaded = ModelSet(self, versions)   # outside the lock: a request may need another arm meanwhile
+        with self._model_sets_lock:
+            self._model_sets[key] = loaded
+            while len(self._model_sets) > MODEL_SETS_KEPT:
+                self._model_sets.popitem(last=False)
+        return loaded
+
+    def models_of(self, req):
+        """The models that serve `req`: its arm's (assigned by the recommender), else the live ones."""
+        arm = req.arm or self.release.live
+        return self.models_for(arm.models)
 
     def _read_counters(self) -> None:
         """The item counters of every catalog SKU (recsys/serve/item_counters.py), every
@@ -171,14 +214,6 @@ class Resources:
         s = self.cfg.serve
         return VectorIndex(version, dim, skus, matrix, self.pool, int(s.exact_search_max_items),
                            int(s.vector_scan_dims), int(s.vector_rerank_factor))
-
-    def live_models(self):
-        """The live two-tower and ALS (loaded once per replica, on first use)."""
-        if self._live_models is None:
-            from recsys.serve.model_sources import LiveModels
-
-            self._live_models = LiveModels(self)
-        return self._live_models
 
     def event_producer(self):
         """Event intake's producer: a message not acknowledged within `features.intake.ack_timeout_s`

@@ -1,6 +1,6 @@
 """Incremental CF between nightly fits: fold the users with new events, and SKUs the live ALS has
 never seen, into its factors (implicit's partial_fit_users / partial_fit_items); register the
-result as the new live ALS version.
+result as a new ALS version, which goes live after the ALS gates (recsys/release).
 
     python -m recsys.train.incremental [hydra overrides]
 """
@@ -19,6 +19,7 @@ import scipy.sparse as sp
 from recsys import registry
 from recsys.config import load_config
 from recsys.models.als import ALSFactors, save_factors
+from recsys.release.promote import release
 from recsys.train.als import ALSConfig, ALSRecommender
 from recsys.train.popularity import event_matrix
 
@@ -75,10 +76,15 @@ def run(cfg) -> str:
         out.mkdir(parents=True, exist_ok=True)
         path = save_factors(out, als.user_factors, als.item_factors, user_ids, item_ids,
                             regularization=als.config.regularization, alpha=als.config.alpha)
-        registry.register(conn, version, "als", str(path.resolve()), record.config,
-                          {"base": record.version, "folded_users": len(fold_users), "new_items": len(new_skus)})
-        registry.set_stage(conn, version, "live")
-    return f"{version}: {len(fold_users)} users and {len(new_skus)} new SKUs folded into {record.version}"
+        # the base's holdout metrics still describe the known items' factors, which a fold-in leaves as they were
+        metrics = {**{k: v for k, v in record.metrics.items() if k.startswith("als.")},
+                   "als.finite_factors": float(np.isfinite(als.item_factors).all() and np.isfinite(als.user_factors).all()),
+                   "base": record.version, "folded_users": len(fold_users), "new_items": len(new_skus)}
+        registry.register(conn, version, "als", str(path.resolve()), record.config, metrics)
+        # through the ALS gates, then live at once: a canary cannot finish between two fold-ins
+        outcome = release(conn, cfg, {"als": version}, "incremental", canary_allowed=False)
+    return (f"{version}: {len(fold_users)} users and {len(new_skus)} new SKUs folded into {record.version}: "
+            f"{outcome.line()}")
 
 
 def main(argv: list[str] | None = None) -> int:

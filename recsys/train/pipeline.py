@@ -1,8 +1,9 @@
 """The nightly training job, one Ray job: `python -m recsys.train.pipeline [hydra overrides]`.
 
 embed the catalog (Ray Data) -> two-tower (Ray Train) -> ALS -> evaluate on a time holdout ->
-export (ONNX) -> item vectors into pgvector beside the live set -> register the models ->
-promote (when asked and the gates pass) -> cohort centroids and user vectors in Redis.
+export (ONNX) -> item vectors into pgvector beside the live set -> register the models -> release
+(their gates, then a canary against the live versions, or live when there are none; recsys/release) ->
+cohort centroids and user vectors in Redis.
 
 Submit it to a cluster with `ray job submit --working-dir . -- python -m recsys.train.pipeline`.
 """
@@ -27,6 +28,7 @@ from recsys.models.als import save_factors
 from recsys.models.two_tower import (CATEGORIES_FILE, CONFIG_FILE, ITEM_FEATURES_FILE, ITEM_TOWER_FILE,
                                      USER_TOWER_FILE, WEIGHTS_FILE)
 from recsys.raycluster import ensure_ray
+from recsys.release.promote import release
 from recsys.services import Postgres
 
 log = logging.getLogger("recsys.pipeline")
@@ -125,20 +127,20 @@ def run(cfg) -> dict:
         all_metrics = {**metrics, **parity, **{k: v for k, v in train_metrics.items() if isinstance(v, (int, float))},
                        "seconds_until_registered": time.monotonic() - step.started}
         registry.register(conn, tt_version, "two_tower", str(out.resolve()), model_cfg, all_metrics)
-        registry.register(conn, als_version, "als", str(als_path.resolve()),
-                          OmegaConf.to_container(p.als), {k: v for k, v in metrics.items() if k.startswith("als.")})
-        gates_pass = (metrics["two_tower.ndcg@12"] >= float(p.gates.min_ndcg_at_12)
-                      and metrics["two_tower.coverage@12"] >= float(p.gates.min_coverage_at_12))
-        promoted = bool(p.promote) and gates_pass
-        if promoted:
-            vectors.make_live(conn, tt_version)
-            registry.set_stage(conn, tt_version, "live")
-            registry.set_stage(conn, als_version, "live")
+        als_metrics = {k: v for k, v in metrics.items() if k.startswith("als.")}
+        als_metrics["als.finite_factors"] = float(np.isfinite(als.item_factors).all() and np.isfinite(als.user_factors).all())
+        registry.register(conn, als_version, "als", str(als_path.resolve()), OmegaConf.to_container(p.als), als_metrics)
+        # the gates (conf/gates/), then a canary against the live pair, or live when there is none
+        outcome = release(conn, cfg, {"two_tower": tt_version, "als": als_version}, "pipeline") if p.promote else None
+        promoted = outcome is not None and outcome.action == "live"
+        for report in outcome.reports if outcome else []:
+            print("\n".join("       " + line for line in report.lines()), flush=True)
 
     step("8/8 cohort centroids and active users' vectors into Redis")
     print("       " + user_vectors.publish(cfg, model, catalog, data, events, tt_version), flush=True)
-    step(f"done: {tt_version} {'promoted to live' if promoted else 'registered as candidate'}")
-    return {"version": tt_version, "promoted": promoted, **all_metrics}
+    step(f"done: {outcome.line() if outcome else tt_version + ' registered as candidate (pipeline.promote false)'}")
+    return {"version": tt_version, "als_version": als_version, "promoted": promoted, "release": outcome.action if outcome else "candidate",
+            "canary_id": outcome.canary_id if outcome else None, **all_metrics}
 
 
 def main(argv: list[str] | None = None) -> int:

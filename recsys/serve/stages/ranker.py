@@ -7,7 +7,6 @@ uses. The blend needs no model and is also the fallback when a model ranker fail
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -43,37 +42,33 @@ class RankBlend:
 
 
 class LTRRanking:
-    """The live learning-to-rank model (registry kind "ranker") over the 28 features of recsys.rank;
-    the blend until a ranker has been trained. Contributions are LightGBM's per-feature SHAP values."""
+    """The arm's learning-to-rank model (registry kind "ranker", the live one outside a canary) over the
+    28 features of recsys.rank; the blend until a ranker has been trained. Contributions are LightGBM's per-feature SHAP values."""
 
     name = "ltr"
     top_contributions = 3
 
     def __init__(self, cfg, res: Resources):
-        from recsys import registry
-        from recsys.models.ranker import MODEL_FILE, LTRRanker
         from recsys.rank.features import NAMES, ItemTable
         from recsys.rank.online import OnlineFeatures
 
-        self.blend, self.model, self.names = RankBlend(cfg), None, NAMES
+        self.res, self.blend, self.names, self.features = res, RankBlend(cfg), NAMES, None
         try:
             with res.pool.connection(timeout=2) as conn:
-                record = registry.live(conn, "ranker")
-                if record is not None:
-                    self.model = LTRRanker.load(Path(record.artifact_uri) / MODEL_FILE)
-                    self.features = OnlineFeatures(res.item_counters, ItemTable.from_postgres(conn))
+                self.features = OnlineFeatures(res.item_counters, ItemTable.from_postgres(conn))
         except Exception as exc:
-            log.warning("no learning-to-rank model loaded (%s): ranking with the blend", exc)
+            log.warning("no ranking features (%s): ranking with the blend", exc)
 
     def score(self, req: RecRequest, user: UserState, candidates: list[Pooled]) -> list[Score]:
-        if self.model is None or not candidates:
+        model = self.res.models_of(req).ranker   # the request's arm's ranker (recsys/release/arms.py)
+        if model is None or self.features is None or not candidates:
             return self.blend.score(req, user, candidates)
         X = self.features.matrix(req, user, candidates)
-        values = self.model.score(X)
+        values = model.score(X)
         if not req.explain:  # SHAP values cost more than the prediction: only when asked
             return [Score(float(v)) for v in values]
         scores = []
-        for value, row in zip(values, self.model.contributions(X)):
+        for value, row in zip(values, model.contributions(X)):
             top = np.argsort(-np.abs(row[: len(self.names)]))[: self.top_contributions]
             scores.append(Score(float(value), {self.names[j]: round(float(row[j]), 4) for j in top}))
         return scores

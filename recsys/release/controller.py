@@ -1,0 +1,139 @@
+"""The canary controller: one `tick` reads the running canary and its per-arm metrics, and rolls it
+back, advances it, or leaves it.
+
+It runs as a detached Ray actor (`CanaryController`, started by `recsys canary watch --on-ray` and by
+`make demo`), because the canary must move while nobody watches, Ray restarts a crashed actor
+(max_restarts=-1), and the actor lives on the cluster beside the Serve application it governs. It holds
+no state: everything is in Postgres and each transition checks the stage it expects, so a restarted or
+duplicated controller is harmless. `recsys canary watch` runs the same loop in a terminal (or cron).
+
+    rollback  when the mSPRT (recsys/release/sequential.py) finds canary CTR < ratio x control CTR,
+              on every impression since the canary started (the test is valid at any number of looks);
+    advance   when the stage has min_impressions canary impressions and has lasted min_duration_s;
+              from the last stage (100%) that promotes the candidate.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+
+from recsys.release import canary as canaries
+from recsys.release.metrics import arm_metrics
+from recsys.release.sequential import msprt
+
+log = logging.getLogger(__name__)
+ACTOR = "controller"
+
+
+@dataclass
+class Decision:
+    canary_id: int
+    action: str          # "rollback", "advance", "promote", "hold"
+    reason: str
+    numbers: dict
+
+
+def numbers_of(conn: psycopg.Connection, c: canaries.Canary) -> tuple[dict, object]:
+    """The per-arm metrics (since the start and in this stage) and the rollback test on them."""
+    s = c.settings
+    total = arm_metrics(conn, c.canary_id, c.started_at)
+    stage = arm_metrics(conn, c.canary_id, c.stage_started_at)
+    test = msprt(total["control"].clicked, total["control"].impressions, total["canary"].clicked,
+                 total["canary"].impressions, float(s["rollback_ratio"]), float(s["alpha"]), float(s["tau"]),
+                 int(s["min_per_arm"]))
+    return {"since_start": {arm: m.as_dict() for arm, m in total.items()},
+            "this_stage": {arm: m.as_dict() for arm, m in stage.items()},
+            "test": {"name": "mSPRT (normal approximation), one-sided", **test.as_dict()},
+            "stage": c.stage, "share": c.share}, test
+
+
+def tick(conn: psycopg.Connection, now: datetime | None = None, actor: str = ACTOR) -> Decision | None:
+    """Decide on the running canary once; None when none runs."""
+    c = canaries.running(conn)
+    if c is None:
+        return None
+    now = now or conn.execute("SELECT now()").fetchone()[0]
+    numbers, test = numbers_of(conn, c)
+    s = c.settings
+    if test.reject:
+        reason = (f"canary CTR {test.p_canary:.4f} < {float(s['rollback_ratio'])} x control CTR {test.p_control:.4f} "
+                  f"(mSPRT likelihood ratio {test.likelihood_ratio:.1f} >= {test.threshold:.0f}, alpha {s['alpha']})")
+        canaries.rollback(conn, c.canary_id, actor, reason, numbers, now)
+        return Decision(c.canary_id, "rollback", reason, numbers)
+    in_stage = numbers["this_stage"]["canary"]["impressions"]
+    lasted = (now - c.stage_started_at).total_seconds()
+    if in_stage >= int(s["min_impressions"]) and lasted >= float(s["min_duration_s"]):
+        last = c.stage + 1 >= len(c.stages)
+        reason = (f"stage {c.share:.0%}: {in_stage} canary impressions >= {s['min_impressions']} in "
+                  f"{lasted:.0f} s >= {s['min_duration_s']} s, no significant CTR drop")
+        canaries.advance(conn, c.canary_id, actor, reason, numbers, from_stage=c.stage, now=now)
+        return Decision(c.canary_id, "promote" if last else "advance", reason, numbers)
+    return Decision(c.canary_id, "hold", f"stage {c.share:.0%}: {in_stage} canary impressions, {lasted:.0f} s", numbers)
+
+
+def watch(dsn: str, interval_s: float, stop_after_s: float | None = None) -> None:
+    """Tick every `interval_s` until stopped; a failed tick (Postgres away) is logged and retried."""
+    started = time.monotonic()
+    while stop_after_s is None or time.monotonic() - started < stop_after_s:
+        try:
+            with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
+                decision = tick(conn)
+            if decision is not None and decision.action != "hold":
+                log.warning("canary %s: %s: %s", decision.canary_id, decision.action, decision.reason)
+        except Exception as exc:
+            log.warning("canary controller tick failed (retrying in %.0f s): %s", interval_s, exc)
+        time.sleep(interval_s)
+
+
+class CanaryController:
+    """The controller as a Ray actor: its constructor starts the `watch` loop on a thread, so an actor
+    Ray restarts after a crash resumes by itself."""
+
+    def __init__(self, dsn: str, interval_s: float):
+        logging.basicConfig(level=logging.WARNING)
+        threading.Thread(target=watch, args=(dsn, interval_s), name="canary-controller", daemon=True).start()
+
+    def ping(self) -> str:
+        return "ok"
+
+
+ACTOR_NAME = "recsys-canary-controller"
+NAMESPACE = "recsys"   # the consumers' namespace (recsys/features/supervisor.py)
+
+
+def start_on_ray(cfg) -> str:
+    """Start (or find) the detached controller actor on the configured Ray cluster."""
+    import ray
+
+    from recsys.raycluster import ensure_ray
+    from recsys.services import Postgres
+
+    ensure_ray(cfg)
+    try:
+        actor = ray.get_actor(ACTOR_NAME, namespace=NAMESPACE)
+    except ValueError:
+        actor = ray.remote(CanaryController).options(
+            name=ACTOR_NAME, namespace=NAMESPACE, lifetime="detached", max_restarts=-1, num_cpus=0,
+            ).remote(Postgres(cfg).dsn, float(cfg.release.canary.controller_interval_s))
+    ray.get(actor.ping.remote(), timeout=60)
+    return f"canary controller running on Ray as {ACTOR_NAME} (every {cfg.release.canary.controller_interval_s} s)"
+
+
+def stop_on_ray(cfg) -> bool:
+    """Remove the controller actor; True when there was one."""
+    import ray
+
+    from recsys.raycluster import ensure_ray
+
+    ensure_ray(cfg)
+    try:
+        ray.kill(ray.get_actor(ACTOR_NAME, namespace=NAMESPACE), no_restart=True)
+        return True
+    except ValueError:
+        return False

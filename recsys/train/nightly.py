@@ -1,0 +1,62 @@
+"""The nightly job: `recsys nightly [hydra overrides]` (cron, a systemd timer, or a KubeRay RayJob).
+
+    1. the training pipeline (embed -> two-tower on Ray Train -> ALS -> holdout -> export -> vectors)
+    2. the learning-to-rank model (lists from the event log -> LightGBM on Ray Train)
+    3. one release of the three: each version's gates, then one canary of all three against the live
+       versions (or live at once when none is live yet)
+
+Both trainers register candidates only (`promote=false`); the release decides. One progress line per
+step, with the time since the start.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import psycopg
+
+from recsys.config import load_config
+
+
+def run(cfg) -> dict:
+    from omegaconf import OmegaConf
+
+    from recsys.rank import train as rank_train
+    from recsys.release.promote import release
+    from recsys.services import Postgres
+    from recsys.train import pipeline
+
+    started = time.monotonic()
+
+    def step(title: str) -> None:
+        print(f"[nightly {time.monotonic() - started:6.1f}s] {title}", flush=True)
+
+    cfg = cfg.copy()
+    OmegaConf.update(cfg, "pipeline.promote", False)
+    OmegaConf.update(cfg, "ranker.promote", False)
+    step("1/3 training pipeline: embeddings, two-tower, ALS")
+    trained = pipeline.run(cfg)
+    step("2/3 learning-to-rank model")
+    ranked = rank_train.run(cfg)
+    step("3/3 release: gates, then a canary (or live)")
+    versions = {"two_tower": trained["version"], "als": trained["als_version"],
+                "ranker": ranked["version"]}
+    with psycopg.connect(Postgres(cfg).dsn, autocommit=True) as conn:
+        outcome = release(conn, cfg, versions, "nightly")
+    for report in outcome.reports:
+        print("\n".join("       " + line for line in report.lines()), flush=True)
+    seconds = time.monotonic() - started
+    step(f"done in {seconds:.0f} s: {outcome.line()}")
+    return {"versions": versions, "release": outcome.action, "canary_id": outcome.canary_id, "seconds": seconds}
+
+
+def main(argv: list[str] | None = None) -> int:
+    result = run(load_config(sys.argv[1:] if argv is None else argv))
+    print(json.dumps(result, default=str))
+    return 0 if result["release"] != "rejected" else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
