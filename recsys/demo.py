@@ -37,7 +37,8 @@ def bring_up(cfg, overrides: list[str] | None = None) -> str:
     else:
         result = train(cfg)
         print(f"  {result['version']}: NDCG@12 {result['two_tower.ndcg@12']:.4f} "
-              f"(ALS {result['als.ndcg@12']:.4f}, popularity {result['popularity.ndcg@12']:.4f})")
+              f"(ALS {result['als.ndcg@12']:.4f}, popularity {result['popularity.ndcg@12']:.4f}); "
+              f"release: {result['release']} (recsys models gates {result['version']})")
     step("learning to rank: 28 features, LightGBM on Ray Train, MLP")
     if _trained_on_current_data(cfg, "ranker"):
         print("  a live ranker trained on this dataset exists: skipped (python -m recsys.rank.train retrains)")
@@ -46,11 +47,15 @@ def bring_up(cfg, overrides: list[str] | None = None) -> str:
 
         result = train_ranker(cfg)
         print(f"  {result['version']}: NDCG@12 retrieval order {result['retrieval_order_ndcg@12']:.4f}, "
-              f"LightGBM {result['lightgbm_ndcg@12']:.4f}, MLP {result['mlp_ndcg@12']:.4f}")
+              f"LightGBM {result['lightgbm_ndcg@12']:.4f}, MLP {result['mlp_ndcg@12']:.4f}; release: {result['release']}")
     step("feature consumers (Ray actors, restarted when they crash)")
     from recsys.features import supervisor
 
     print("  " + ", ".join(supervisor.start(cfg)))
+    step("canary controller (a Ray actor: advances or rolls back a running canary)")
+    from recsys.release.controller import start_on_ray
+
+    print("  " + start_on_ray(cfg))
     t = step("Ray Serve application")
     url = app.deploy(cfg)
     wait_healthy(url)
@@ -183,5 +188,6 @@ def run_demo(cfg, overrides: list[str]) -> int:
         print(f"  {url}{surface_paths[0]}")
     print(f"  API keys in {keys_path}: .venv/bin/recsys keys list | create --role R | revoke ID")
     print("  .venv/bin/recsys rules list | audit | preview | rollback     merchandising rules (docs/merchandising.md)")
+    print("  .venv/bin/recsys models list | gates V;  recsys canary status   releases (docs/release.md)")
     print("  .venv/bin/recsys services status | make stop")
     return 0

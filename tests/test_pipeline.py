@@ -172,11 +172,13 @@ def test_serving_retrieves_with_the_live_two_tower_and_als(head):
     cold = two_tower.fetch(RecRequest(surface="homepage_hero", user_id="brand-new", device="mobile"),
                            UserState(user_id="brand-new"), 20)
     assert len(cold) == 20 and cold[0].reasons[0].startswith("popular with shoppers like you")
-    views = [(sku, time.time() - 60 * i) for i, sku in enumerate(list(two_tower.models.two_tower.index)[:5])]
+    live = res.models_for(res.release.live.models)                 # the live arm's models, loaded at start
+    assert live.version == registry.live(psycopg.connect(Postgres(cfg).dsn), "two_tower").version
+    views = [(sku, time.time() - 60 * i) for i, sku in enumerate(list(live.two_tower.index)[:5])]
     fresh_user = f"tt-{time.time_ns()}"
     newcomer = UserState(user_id=fresh_user, views=views, last_seen=time.time())
     assert two_tower.fetch(RecRequest(surface="homepage_hero", user_id=fresh_user), newcomer, 10)[0].reasons == ["for you"]
     res.writes.flush()                                                                  # written behind the response
-    assert two_tower.store.get_user(fresh_user, two_tower.models.version) is not None
+    assert two_tower.store.get_user(fresh_user, live.version) is not None
     assert len(als.fetch(RecRequest(surface="homepage_hero", user_id=user), state, 30)) == 30
     assert len(als.fetch(RecRequest(surface="homepage_hero", user_id=fresh_user), newcomer, 30)) == 30

@@ -137,19 +137,22 @@ def test_second_request_is_a_cache_hit_until_the_user_acts(recommender, shopper,
         recommender.res.writes.flush()    # the cache entry and the impression are written behind the response
         return body, elapsed
 
+    def cached(req):   # the rail cached for `req` under the models of its arm (part of the key)
+        req.arm = recommender.res.release.arm_for(req.user_id, req.session_id, req.request_id)
+        return recommender.cache.get(req)[0]
+
     first, miss_s = timed()
     second, hit_s = timed()
     assert second["items"] == first["items"] and second["degraded"] == []
     assert second["request_id"] != first["request_id"] and logged == [first["request_id"], second["request_id"]]
     assert hit_s < miss_s
-    assert recommender.cache.get(RecRequest("homepage_hero", user_id=user))[0] is not None
+    assert cached(RecRequest("homepage_hero", user_id=user)) is not None
 
     store.apply([Event(type="add_to_cart", user_id=user, sku=shopper["device"])], {})
-    assert recommender.cache.get(RecRequest("homepage_hero", user_id=user))[0] is None  # a new event: stale
+    assert cached(RecRequest("homepage_hero", user_id=user)) is None  # a new event: stale
     timed()
-    assert recommender.cache.get(RecRequest("homepage_hero", user_id=user))[0] is not None
-    other_context = RecRequest("homepage_hero", user_id=user, k=6)
-    assert recommender.cache.get(other_context)[0] is None
+    assert cached(RecRequest("homepage_hero", user_id=user)) is not None
+    assert cached(RecRequest("homepage_hero", user_id=user, k=6)) is None
 
 
 def test_cached_rails_expire_after_the_surface_ttl(shopper):

@@ -34,23 +34,22 @@ for name in {modules!r}:
 
 from recsys import registry
 from recsys.catalog import vectors
-from recsys.serve.model_sources import ALSSource, LiveModels, TwoTowerANN
+from recsys.serve.model_sources import ALSSource, ModelSet, TwoTowerANN
 from recsys.serve.stages.ranker import LTRRanking
 
 folder = Path({folder!r})
-records = {{"two_tower": SimpleNamespace(version="tt-1", artifact_uri=str(folder)),
-           "als": SimpleNamespace(version="als-1", artifact_uri=str(folder / "als.npz"))}}
-registry.live = lambda conn, kind: records.get(kind)         # no ranker trained: the blend ranks
-vectors.live_version = lambda conn, purpose: ("tt-1", {dim})
+records = {{"tt-1": SimpleNamespace(version="tt-1", kind="two_tower", artifact_uri=str(folder), config={{}}),
+           "als-1": SimpleNamespace(version="als-1", kind="als", artifact_uri=str(folder / "als.npz"), config={{}})}}
+registry.get = lambda conn, version: records[version]          # no ranker trained: the blend ranks
 vectors.read_vectors = lambda conn, version: ({skus!r}, np.load(folder / "item_vectors.npy"))
+conn = SimpleNamespace(execute=lambda *a: SimpleNamespace(fetchone=lambda: ({dim},)))   # the vector set's dim
 
-models = None
-res = SimpleNamespace(pool=SimpleNamespace(connection=lambda timeout: nullcontext()),
+res = SimpleNamespace(pool=SimpleNamespace(connection=lambda timeout: nullcontext(conn)),
                       store=SimpleNamespace(r=SimpleNamespace(hgetall=lambda key: {{}}), p="test:"),
-                      cfg=SimpleNamespace(serve=SimpleNamespace(user_vector_refresh_s=60.0)),
-                      live_models=lambda: models)
+                      cfg=SimpleNamespace(serve=SimpleNamespace(user_vector_refresh_s=60.0)), item_counters=None)
 res.vector_index = lambda *a: ('index of', a[0])
-models = LiveModels(res)
+models = ModelSet(res, {{"two_tower": "tt-1", "als": "als-1"}})
+res.models_of = lambda req: models
 TwoTowerANN(res), ALSSource(res), LTRRanking(SimpleNamespace(surfaces={{}}), res)
 
 tt, als = models.two_tower, models.als

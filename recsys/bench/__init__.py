@@ -4,7 +4,8 @@ fixed rate, cache hits, CPU per request by process); a soak and chaos faults und
 (docs/reliability.md). Written to docs/benchmarks.*
 
 `recsys bench --only floor,ann` runs some of them: models, ingest, floor, ann, http, soak, chaos, rules
-(the merchandising rules' cost on the slots stage, in process: needs no services).
+(the merchandising rules' cost on the slots stage, in process: needs no services), canary (a worse
+ranker's canary against simulated shoppers until the controller rolls it back; docs/release.md).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from recsys.bench.report import DOCS, record
 
 COMMAND = "make bench"
-PARTS = ("models", "ingest", "floor", "ann", "http", "soak", "chaos", "rules")
+PARTS = ("models", "ingest", "floor", "ann", "http", "soak", "chaos", "rules", "canary")
 
 
 def run_bench(cfg, only: str | None = None, docs: Path = DOCS, overrides: list[str] | None = None) -> int:
@@ -65,5 +66,10 @@ def run_bench(cfg, only: str | None = None, docs: Path = DOCS, overrides: list[s
         print("\n== rules: the slots stage with and without a 50-rule set")
         sizes = {k: int(b[f"rules_{k}"]) for k in ("calls", "warmup", "runs", "n_items") if f"rules_{k}" in b}
         record(bench_rules(cfg, **sizes), COMMAND, docs)   # sizes: +bench.rules_calls=50 for a quick look
+    if "canary" in wanted:  # the running stack's live models against a worse ranker (recsys/bench/canary.py)
+        from recsys.bench.canary import COMMAND as CANARY, bench_canary
+
+        print("\n== canary: a worse ranker against simulated shoppers, until the controller decides")
+        record(bench_canary(cfg), CANARY, docs)
     print(f"written: {docs / 'benchmarks.md'}, {docs / 'benchmarks.json'}")
     return 0

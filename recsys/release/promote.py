@@ -20,19 +20,25 @@ from recsys.release.gates import GateReport, run_gates
 
 @dataclass
 class Outcome:
-    action: str                    # "live", "canary", "rejected", "held" (a canary is running)
-    versions: dict[str, str]
+    action: str                    # for the versions that passed: "live", "canary", "held" (a canary is
+    versions: dict[str, str]       # running); "rejected" when none passed
     reports: list[GateReport] = field(default_factory=list)
     canary_id: int | None = None
     reason: str = ""
+    rejected: dict[str, str] = field(default_factory=dict)   # kind -> version the gates refused
 
     def line(self) -> str:
+        refused = "; ".join(f for r in self.reports for f in r.failures)
         names = ", ".join(self.versions.values())
         if self.action == "rejected":
-            return f"{names}: rejected by the gates: " + "; ".join(f for r in self.reports for f in r.failures)
+            return f"{', '.join(self.rejected.values())}: rejected by the gates: {refused}"
         if self.action == "canary":
-            return f"{names}: gates passed, canary {self.canary_id} started"
-        return f"{names}: {self.action}" + (f" ({self.reason})" if self.reason else "")
+            said = f"{names}: gates passed, canary {self.canary_id} started"
+        else:
+            said = f"{names}: {self.action}" + (f" ({self.reason})" if self.reason else "")
+        if self.rejected:
+            said += f"; {', '.join(self.rejected.values())} rejected by the gates: {refused}"
+        return said
 
 
 def make_live(conn: psycopg.Connection, version: str) -> None:
@@ -47,24 +53,32 @@ def make_live(conn: psycopg.Connection, version: str) -> None:
 
 def release(conn: psycopg.Connection, cfg, versions: dict[str, str], actor: str, canary_allowed: bool = True,
             gate_kind: str | None = None) -> Outcome:
-    """Gate each of `versions` (kind -> version); then a canary, or live."""
+    """Gate each of `versions` (kind -> version); those that pass go on together (a canary, or live),
+    those that fail are rejected (each version stands on its own gates: a nightly ranker that fails does
+    not hold back the two-tower)."""
     reports = [run_gates(conn, cfg, version, gate_kind) for version in versions.values()]
-    if not all(r.passed for r in reports):
-        for version in versions.values():   # a pair (two-tower + ALS) goes together or not at all
-            conn.execute("UPDATE models SET stage = 'rejected', updated_at = now() WHERE version = %s "
-                         "AND stage = 'candidate'", (version,))
-        return Outcome("rejected", versions, reports)
+    rejected = {kind: v for (kind, v), r in zip(versions.items(), reports) if not r.passed}
+    versions = {kind: v for kind, v in versions.items() if kind not in rejected}
+    if not versions:
+        return Outcome("rejected", versions, reports, rejected=rejected)
+    outcome = _route(conn, cfg, versions, actor, canary_allowed)
+    outcome.reports, outcome.rejected = reports, rejected
+    return outcome
+
+
+def _route(conn: psycopg.Connection, cfg, versions: dict[str, str], actor: str, canary_allowed: bool) -> Outcome:
+    """Versions that passed their gates: into a canary, held while one runs, or live."""
     running = canary.running(conn)
     kinds = set(cfg.release.canary.kinds)
     with_live = [k for k in versions if registry.live(conn, k) is not None]
     wants_canary = canary_allowed and bool(cfg.release.canary.enabled) and any(k in kinds for k in with_live)
     if running is not None and (wants_canary or set(versions) & set(running.candidate)):
-        return Outcome("held", versions, reports, running.canary_id,
-                       f"canary {running.canary_id} is running; the version stays a candidate")
+        return Outcome("held", versions, canary_id=running.canary_id,
+                       reason=f"canary {running.canary_id} is running; the version stays a candidate")
     if wants_canary:
         started = canary.start(conn, cfg, versions, actor, "gates passed: " + ", ".join(versions.values()))
-        return Outcome("canary", versions, reports, started.canary_id)
+        return Outcome("canary", versions, canary_id=started.canary_id)
     for version in versions.values():
         make_live(conn, version)
     reason = "no canary for this path" if not canary_allowed else "no live version to compare with"
-    return Outcome("live", versions, reports, reason=reason)
+    return Outcome("live", versions, reason=reason)

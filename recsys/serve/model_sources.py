@@ -38,6 +38,8 @@ class ModelSet:
         self.two_tower = self.als = self.items = self.ranker = None
         self.version = versions.get("two_tower")
         self.cohorts: dict[str, np.ndarray] = {}
+        if not versions:   # nothing live yet: no models, and no connection to wait for
+            return
         with res.pool.connection(timeout=5) as conn:
             if self.version:
                 tt = registry.get(conn, self.version)

