@@ -16,6 +16,10 @@ from recsys.services.process import port_open, wait_for
 # separate-thread/loop defaults cost latency on 2 cores).
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+# What a job or a Serve replica asks for in its runtime_env: RAY_ENV less RAY_AUTH_MODE, which belongs to
+# the cluster (`ray start`'s environment): a worker told `disabled` cannot talk to a cluster with token auth
+# (cluster/), and a spec must not carry it (tests/test_cluster_specs.py).
+RUNTIME_ENV = {k: v for k, v in RAY_ENV.items() if k != "RAY_AUTH_MODE"}
 
 
 def ray_env(cfg) -> dict[str, str]:

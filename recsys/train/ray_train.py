@@ -98,7 +98,8 @@ def fit_on_ray(train_sequences, train_timestamps, item_features: ItemFeatures, m
         train_loop_config={"model": model_cfg | {"device": "cpu"}, "train_sequences": train_sequences,
                            "train_timestamps": train_timestamps, "item_features": item_features, "valid": valid},
         scaling_config=ScalingConfig(num_workers=int(pcfg.num_workers), use_gpu=use_gpu,
-                                     resources_per_worker=resources),
+                                     resources_per_worker=resources,
+                                     placement_strategy=str(pcfg.get("placement_strategy") or "PACK")),
         run_config=RunConfig(storage_path=storage_path, name=name),
     )
     result = trainer.fit()
