@@ -19,19 +19,28 @@ from ray import serve
 
 from recsys.config import CONF_DIR
 from recsys.serve.api import api, set_recommender
+from recsys.serve.autoscaling import add_meter
 from recsys.serve.graph import GRAPH
 from recsys.serve.recommender import OverBudget
-from recsys.services.ray_head import RAY_ENV
+from recsys.services.ray_head import RUNTIME_ENV
 
 # The split ingress waits for stage calls from its request threads (`.result()`), which Serve
 # allows only when the handles' router runs on a loop of its own.
-SPLIT_INGRESS_ENV = {**RAY_ENV, "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1"}
+SPLIT_INGRESS_ENV = {**RUNTIME_ENV, "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1"}
+# Per deployment, so that it holds however the application is deployed (`deploy`, `serve deploy`, a
+# RayService): no access log line per request, warnings and worse only.
+REPLICA_LOGGING = {"log_level": "WARNING", "enable_access_log": False}
 
 
 def _quiet() -> None:
     import logging
 
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
+
+
+# The load autoscaling sees (recsys/serve/autoscaling.py), counted by a middleware that must be on the
+# app before serve.ingress takes its copy of it.
+METERED = add_meter(api)
 
 
 @serve.deployment(name="recsys_api")
@@ -49,6 +58,12 @@ class RecsysApi:
             calls = {name: RemoteStage(handle, float(cfg.serve.budgets_ms[name]) / 1000)
                      for name, handle in stage_handles.items()}
         set_recommender(Recommender(cfg, stages=calls))
+
+    async def record_autoscaling_stats(self) -> dict:
+        """Serve's custom autoscaling metric: requests inside the app, averaged since the last report."""
+        from recsys.serve.autoscaling import report
+
+        return report() if METERED else {}
 
 
 @serve.deployment
@@ -88,14 +103,16 @@ def build_app(cfg):
     s = cfg.serve
     cfg_dict = OmegaConf.to_container(cfg, resolve=True)
     if s.topology == "fused":
-        stage_handles, ingress_env = None, RAY_ENV
+        stage_handles, ingress_env = None, RUNTIME_ENV
     elif s.topology == "split":
         stage_handles = {
             stage.name: StageReplica.options(
                 name=f"stage_{stage.name}",
-                ray_actor_options={"num_cpus": float(d.num_cpus), "runtime_env": {"env_vars": RAY_ENV}},
+                ray_actor_options={"num_cpus": float(d.num_cpus), "runtime_env": {"env_vars": RUNTIME_ENV}},
                 autoscaling_config=OmegaConf.to_container(d.autoscaling),
                 max_ongoing_requests=int(d.max_ongoing_requests),
+                logging_config=REPLICA_LOGGING,
+                **_per_node(d),
             ).bind(stage.name, cfg_dict)
             for stage in GRAPH for d in [s.stages[stage.name]]}
         ingress_env = SPLIT_INGRESS_ENV
@@ -103,14 +120,22 @@ def build_app(cfg):
         raise ValueError(f"serve.topology must be fused or split, not {s.topology!r}")
     ingress = RecsysApi.options(
         ray_actor_options={"num_cpus": float(s.replica_cpus), "runtime_env": {"env_vars": ingress_env}},
+        logging_config=REPLICA_LOGGING,
         autoscaling_config=OmegaConf.to_container(s.autoscaling),
         # Admission control: past max_ongoing_requests running and max_queued_requests waiting, a replica
         # answers 503 with Retry-After at once instead of queueing into seconds (conf/serve/fused.yaml).
         max_ongoing_requests=int(s.max_ongoing_requests),
         max_queued_requests=int(s.max_queued_requests),
         backpressure_config={"status_code": 503, "retry_after_s": float(s.retry_after_s)},
+        **_per_node(s),
     )
     return ingress.bind(cfg_dict, stage_handles)
+
+
+def _per_node(options) -> dict:
+    """`max_replicas_per_node` when configured: on a cluster, so that losing a node loses only its share."""
+    limit = options.get("max_replicas_per_node")
+    return {"max_replicas_per_node": int(limit)} if limit else {}
 
 
 def with_topology(cfg, topology: str):
@@ -134,7 +159,7 @@ def connect(cfg) -> None:
     os.environ.update(ray_env(cfg))
     if not ray.is_initialized():
         ray.init(address=Ray(cfg).address, logging_level="WARNING", log_to_driver=False,
-                 runtime_env={"env_vars": RAY_ENV})
+                 runtime_env={"env_vars": RUNTIME_ENV})
 
 
 def deploy(cfg) -> str:
@@ -153,8 +178,25 @@ def shutdown(cfg) -> None:
 
 
 def app_builder(args: dict):
-    """Application builder for `serve run` / `serve deploy` / KubeRay RayService:
-    `import_path: recsys.serve.app:app_builder`, `args: {overrides: ["serve=split", ...]}`."""
+    """Application builder for `serve run` / `serve deploy`: `import_path: recsys.serve.app:app_builder`,
+    `args: {overrides: ["serve=split", ...]}` (or one string of space-separated overrides, as
+    `serve run recsys.serve.app:app_builder overrides="serve=cluster"` passes it)."""
     from recsys.config import load_config
 
-    return build_app(load_config(list(args.get("overrides", []))))
+    overrides = args.get("overrides") or []
+    return build_app(load_config(overrides.split() if isinstance(overrides, str) else list(overrides)))
+
+
+CLUSTER_OVERRIDES = ["serve=cluster"]
+
+
+def __getattr__(name: str):
+    """`recsys.serve.app:cluster_app`, the application as conf/serve/cluster.yaml shapes it (autoscaled,
+    spread over nodes), built when first asked for. `serve build` takes an Application, not a builder:
+    `serve build recsys.serve.app:cluster_app -o cluster/serve-config.yaml` wrote the Serve config the
+    RayService deploys (tests/test_cluster_specs.py holds both to a fresh build)."""
+    if name == "cluster_app":
+        from recsys.config import load_config
+
+        return build_app(load_config(CLUSTER_OVERRIDES))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,114 @@
+"""Autoscaling signal and policy for the ingress deployment (conf/serve/cluster.yaml).
+
+Serve's own signal is the number of requests a replica holds, sampled on the replica's event loop
+every metrics interval. A recsys replica runs a request's pipeline in the request's thread (the event
+loop) without yielding for most of it, so the sampler only ever runs between requests and reads ~0
+whatever the load: measured on two nodes here, a replica shedding 503s at 150 req/s still reported 0
+and Serve never added one.
+
+So the ingress measures its own load: `LoadMeter`, an ASGI middleware, integrates the number of
+requests inside the application over time; `RecsysApi.record_autoscaling_stats` reports the mean since
+the previous report (Serve's custom autoscaling metrics). For a replica that runs one request at a
+time that is the share of time it is busy, whenever it is sampled. `BusyPolicy` asks for enough
+replicas to bring the total back to `target` per replica (the default policy's rule on this signal);
+Serve applies min/max_replicas, the upscale/downscale delays and factors on top.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+BUSY = "busy"   # the custom metric's name
+
+
+class LoadMeter:
+    """The time average of the requests in flight, over the time between two `read()`s."""
+
+    def __init__(self, clock=time.monotonic):
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.in_flight = 0
+        self._area = 0.0                 # integral of in_flight over time
+        self._at = self._read_at = clock()
+        self._read_area = 0.0
+
+    def _advance(self, now: float) -> None:
+        self._area += self.in_flight * (now - self._at)
+        self._at = now
+
+    def enter(self) -> None:
+        with self._lock:
+            self._advance(self._clock())
+            self.in_flight += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self._advance(self._clock())
+            self.in_flight -= 1
+
+    def read(self) -> float:
+        with self._lock:
+            now = self._clock()
+            self._advance(now)
+            span = now - self._read_at
+            value = (self._area - self._read_area) / span if span > 0 else float(self.in_flight)
+            self._read_at, self._read_area = now, self._area
+            return value
+
+
+# One per process (a Serve replica is a process): the middleware and the replica's report share it.
+METER = LoadMeter()
+
+
+class MeteredApp:
+    """Pure ASGI middleware: every HTTP request counts in the process's METER while the app handles it.
+    It holds no state of its own, so the app it wraps can be pickled (`serve.ingress` freezes a copy)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        METER.enter()
+        try:
+            return await self.app(scope, receive, send)
+        finally:
+            METER.leave()
+
+
+def report() -> dict[str, float]:
+    """What a replica reports to Serve (`record_autoscaling_stats`). Reads this module's METER by name:
+    Serve ships the deployment class by value, so a METER the class's module imported would be a copy."""
+    return {BUSY: METER.read()}
+
+
+def add_meter(app) -> bool:
+    """MeteredApp on the FastAPI `app` (once). It must be added before `serve.ingress(app)` takes its
+    copy of the app; False when the app already serves (Starlette takes no middleware then)."""
+    if any(m.cls is MeteredApp for m in app.user_middleware):
+        return True
+    try:
+        app.add_middleware(MeteredApp)
+    except RuntimeError:
+        return False
+    return True
+
+
+class BusyPolicy:
+    """Serve autoscaling policy (`autoscaling.policy.policy_function: recsys.serve.autoscaling:BusyPolicy`,
+    `policy_kwargs: {target: ...}`): desired replicas = the replicas' summed busy share / target.
+    Until a replica has reported, the current target stands."""
+
+    def __init__(self, target: float = 0.6):
+        if not 0 < float(target):
+            raise ValueError("target must be positive")
+        self.target = float(target)
+
+    def __call__(self, ctx):
+        busy = (ctx.aggregated_metrics or {}).get(BUSY) or {}
+        if not busy:
+            return ctx.target_num_replicas, {}
+        return max(sum(busy.values()) / self.target, 0.0), {}
+

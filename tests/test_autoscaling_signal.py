@@ -1,0 +1,69 @@
+"""The ingress's autoscaling signal (recsys/serve/autoscaling.py): requests inside the app averaged over
+time, whenever it is read, and the policy that turns it into replicas."""
+
+from types import SimpleNamespace
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from recsys.serve.autoscaling import BUSY, BusyPolicy, LoadMeter, MeteredApp, add_meter
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_the_meter_is_the_time_average_of_requests_in_flight():
+    clock = Clock()
+    meter = LoadMeter(clock)
+    meter.enter()                       # one request for 0.3 s of a 1 s report
+    clock.t = 0.3
+    meter.leave()
+    clock.t = 1.0
+    assert meter.read() == pytest.approx(0.3)
+    meter.enter()
+    meter.enter()                       # two at once for the whole next second, still in flight
+    clock.t = 2.0
+    assert meter.read() == pytest.approx(2.0)
+    clock.t = 2.5
+    meter.leave()
+    meter.leave()
+    clock.t = 3.0
+    assert meter.read() == pytest.approx(1.0)   # 2 x 0.5 s over 1 s
+    clock.t = 4.0
+    assert meter.read() == 0.0
+
+
+def test_the_middleware_counts_every_http_request():
+    import recsys.serve.autoscaling as autoscaling
+
+    app = FastAPI()
+
+    @app.get("/x")
+    def x():
+        return {"in_flight": autoscaling.METER.in_flight}
+
+    assert add_meter(app) and add_meter(app)                      # added once
+    assert sum(m.cls is MeteredApp for m in app.user_middleware) == 1
+    with TestClient(app) as client:
+        assert client.get("/x").json() == {"in_flight": 1}
+    assert autoscaling.METER.in_flight == 0
+    assert autoscaling.report()[BUSY] >= 0
+
+
+def test_the_policy_asks_for_the_busy_total_over_the_target():
+    policy = BusyPolicy(target=0.5)
+
+    def ctx(busy):
+        return SimpleNamespace(aggregated_metrics={BUSY: busy} if busy is not None else {}, target_num_replicas=3)
+
+    assert policy(ctx({"a": 0.9, "b": 0.6}))[0] == pytest.approx(3.0)
+    assert policy(ctx({"a": 0.1}))[0] == pytest.approx(0.2)      # Serve keeps min_replicas
+    assert policy(ctx(None))[0] == 3                              # nothing reported yet: no change
+    with pytest.raises(ValueError):
+        BusyPolicy(target=0)
