@@ -1,9 +1,12 @@
 """The specs in cluster/: no Ray head exposes its dashboard / job server without token authentication,
-and no token is ever written into a spec."""
+no token is ever written into a spec, and the RayService deploys exactly what `serve build` makes of
+the application today."""
 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -52,7 +55,8 @@ def kuberay_token_auth(cluster_spec: dict, group: dict) -> bool:
 
 def test_the_specs_are_there():
     names = {p.name for p in SPECS}
-    assert {"kuberay-raycluster.yaml", "kuberay-rayservice.yaml", "ray-cluster.yaml", "serve-config.yaml"} <= names
+    assert {"kuberay-raycluster.yaml", "kuberay-rayservice.yaml", "kuberay-rayjob.yaml", "ray-cluster.yaml",
+            "serve-config.yaml"} <= names
 
 
 def test_every_kuberay_head_on_all_interfaces_has_token_auth():
@@ -60,6 +64,7 @@ def test_every_kuberay_head_on_all_interfaces_has_token_auth():
     for path, doc in documents():
         specs = [doc["spec"]] if "headGroupSpec" in (doc.get("spec") or {}) else []
         specs += list(find(doc, "rayClusterConfig"))   # a RayService's cluster
+        specs += list(find(doc, "rayClusterSpec"))     # a RayJob's cluster
         for spec in specs:
             head = spec["headGroupSpec"]
             heads += 1
@@ -72,7 +77,7 @@ def test_every_kuberay_head_on_all_interfaces_has_token_auth():
                 # Every node must run in the same mode with the same token, or workers cannot join.
                 for group in spec.get("workerGroupSpecs", []):
                     assert kuberay_token_auth(spec, group), f"{path.name}: worker group {group['groupName']}"
-    assert heads >= 2      # the RayCluster and the RayService
+    assert heads >= 3      # the RayCluster, the RayService and the RayJob
 
 
 def test_every_launcher_head_on_all_interfaces_has_token_auth():
@@ -103,3 +108,35 @@ def test_no_spec_contains_a_token():
     for path, doc in documents():
         for env_vars in find(doc, "env_vars"):
             assert not {"RAY_AUTH_TOKEN", "RAY_AUTH_MODE"} & set(env_vars or {}), path.name
+
+
+def _doc(name: str) -> dict:
+    return yaml.safe_load((CLUSTER / name).read_text())
+
+
+def test_the_rayjob_runs_the_nightly_job_and_its_submitter_authenticates():
+    job = _doc("kuberay-rayjob.yaml")
+    assert job["kind"] == "RayJob" and job["spec"]["shutdownAfterJobFinishes"] is True
+    assert job["spec"]["entrypoint"].split()[:2] in (["recsys", "nightly"], ["python", "-m"])
+    submitter = env_of(job["spec"]["submitterPodTemplate"]["spec"]["containers"][0])
+    assert submitter["RAY_AUTH_MODE"]["value"] == "token"
+    assert "secretKeyRef" in submitter["RAY_AUTH_TOKEN"]["valueFrom"]
+
+
+def test_the_rayservice_deploys_a_fresh_serve_build(tmp_path):
+    """cluster/serve-config.yaml is what `serve build recsys.serve.app:cluster_app` writes now, and the
+    RayService's serveConfigV2 is that file. To refresh both after a change to conf/serve or the app:
+    `serve build recsys.serve.app:cluster_app -o cluster/serve-config.yaml`, then paste it into
+    cluster/kuberay-rayservice.yaml (docs/cluster.md)."""
+    serve_cli = Path(sys.executable).with_name("serve")
+    fresh = tmp_path / "serve-config.yaml"
+    built = subprocess.run([str(serve_cli), "build", "recsys.serve.app:cluster_app", "-o", str(fresh)],
+                           capture_output=True, text=True, timeout=120, cwd=CLUSTER.parent)
+    assert built.returncode == 0, built.stderr[-2000:]
+    checked_in = (CLUSTER / "serve-config.yaml").read_text()
+    assert checked_in == fresh.read_text(), "cluster/serve-config.yaml is not a fresh `serve build` (see the docstring)"
+    assert _doc("kuberay-rayservice.yaml")["spec"]["serveConfigV2"] == checked_in
+    app = yaml.safe_load(checked_in)["applications"][0]
+    api = next(d for d in app["deployments"] if d["name"] == "recsys_api")
+    assert api["autoscaling_config"]["min_replicas"] < api["autoscaling_config"]["max_replicas"]
+    assert api["max_replicas_per_node"] >= 1
