@@ -5,7 +5,9 @@ fixed rate, cache hits, CPU per request by process); a soak and chaos faults und
 
 `recsys bench --only floor,ann` runs some of them: models, ingest, floor, ann, http, soak, chaos, rules
 (the merchandising rules' cost on the slots stage, in process: needs no services), canary (a worse
-ranker's canary against simulated shoppers until the controller rolls it back; docs/release.md).
+ranker's canary against simulated shoppers until the controller rolls it back; docs/release.md), nightly
+(`recsys nightly` on the running stack's world, timed), autoscale (Serve's autoscaling on a load ramp, on
+two Ray nodes of its own: recsys/bench/autoscale.py).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from pathlib import Path
 from recsys.bench.report import DOCS, record
 
 COMMAND = "make bench"
-PARTS = ("models", "ingest", "floor", "ann", "http", "soak", "chaos", "rules", "canary")
+PARTS = ("models", "ingest", "floor", "ann", "http", "soak", "chaos", "rules", "canary", "nightly",
+         "autoscale")
 
 
 def run_bench(cfg, only: str | None = None, docs: Path = DOCS, overrides: list[str] | None = None) -> int:
@@ -71,5 +74,15 @@ def run_bench(cfg, only: str | None = None, docs: Path = DOCS, overrides: list[s
 
         print("\n== canary: a worse ranker against simulated shoppers, until the controller decides")
         record(bench_canary(cfg), CANARY, docs)
+    if "autoscale" in wanted:  # two Ray nodes of its own; the stack's services, data and models
+        from recsys.bench.autoscale import COMMAND as AUTOSCALE, bench_autoscale
+
+        print("\n== autoscale: a load ramp on the application autoscaled over two Ray nodes")
+        record(bench_autoscale(cfg, overrides, docs), AUTOSCALE, docs, drop_prefixes=["serve.autoscale."])
+    if "nightly" in wanted:  # last: it trains for minutes (recsys/bench/nightly.py)
+        from recsys.bench.nightly import COMMAND as NIGHTLY, bench_nightly
+
+        print("\n== nightly: recsys nightly on this world, timed")
+        record(bench_nightly(cfg), NIGHTLY, docs)
     print(f"written: {docs / 'benchmarks.md'}, {docs / 'benchmarks.json'}")
     return 0

@@ -101,8 +101,9 @@ def start(conn: psycopg.Connection, cfg, candidate: dict[str, str], actor: str, 
     """A canary of `candidate` (kind -> version, each already through its gates) against the live versions."""
     settings = OmegaConf.to_container(cfg.release.canary, resolve=True)
     with conn.transaction():
-        if running(conn) is not None:
-            raise CanaryError(f"canary {running(conn).canary_id} is running: finish, roll back or abort it first")
+        busy = running(conn)
+        if busy is not None:
+            raise CanaryError(f"canary {busy.canary_id} is running: finish, roll back or abort it first")
         control = {kind: rec.version for kind in cfg.release.served_kinds
                    if (rec := registry.live(conn, kind)) is not None}
         for kind, version in candidate.items():

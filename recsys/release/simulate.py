@@ -29,10 +29,6 @@ class SimulatedCanary:
     decisions: list[Decision] = field(default_factory=list)
     final: dict = field(default_factory=dict)   # the per-arm numbers at the end
 
-    @property
-    def impressions_to_decision(self) -> int:
-        return self.impressions
-
 
 def _event_row(e: dict) -> tuple:
     ctx = e["context"]

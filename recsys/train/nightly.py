@@ -6,7 +6,7 @@
        versions (or live at once when none is live yet)
 
 Both trainers register candidates only (`promote=false`); the release decides. One progress line per
-step, with the time since the start.
+step, with the time since the start. A GPU on the Ray cluster is used when there is one.
 """
 
 from __future__ import annotations
@@ -36,7 +36,11 @@ def run(cfg) -> dict:
     cfg = cfg.copy()
     OmegaConf.update(cfg, "pipeline.promote", False)
     OmegaConf.update(cfg, "ranker.promote", False)
-    step("1/3 training pipeline: embeddings, two-tower, ALS")
+    gpus = _gpus(cfg)
+    if gpus:   # a GPU on the cluster: the two-tower's workers and the embedding actors use it
+        OmegaConf.update(cfg, "pipeline.use_gpu", True)
+        OmegaConf.update(cfg, "embedding.gpus_per_actor", max(float(cfg.embedding.gpus_per_actor), 1.0))
+    step(f"1/3 training pipeline: embeddings, two-tower, ALS ({'%g GPUs' % gpus if gpus else 'CPU only'})")
     trained = pipeline.run(cfg)
     step("2/3 learning-to-rank model")
     ranked = rank_train.run(cfg)
@@ -50,6 +54,16 @@ def run(cfg) -> dict:
     seconds = time.monotonic() - started
     step(f"done in {seconds:.0f} s: {outcome.line()}")
     return {"versions": versions, "release": outcome.action, "canary_id": outcome.canary_id, "seconds": seconds}
+
+
+def _gpus(cfg) -> float:
+    """GPUs the Ray cluster offers (0 on this CPU machine)."""
+    import ray
+
+    from recsys.raycluster import ensure_ray
+
+    ensure_ray(cfg, log_to_driver=True)   # the pipeline's workers print their epochs into this job's log
+    return float(ray.cluster_resources().get("GPU", 0))
 
 
 def main(argv: list[str] | None = None) -> int:
