@@ -49,7 +49,9 @@ def run_canary(conn: psycopg.Connection, recommender, world, canary_id: int, max
     while served < max_impressions:
         user = str(users[rng.integers(len(users))])
         clock += timedelta(seconds=seconds_per_impression)
-        req = RecRequest(surface=surface, user_id=user, session_id=f"{user}-{clock:%Y%m%d}")
+        # stamped with the simulated time: the impression the replica logs through the broker (when a
+        # consumer runs) is then the same row as the one written here, not a second one
+        req = RecRequest(surface=surface, user_id=user, session_id=f"{user}-{clock:%Y%m%d}", ts=clock.timestamp())
         body = recommender.recommend(req)
         skus = [i["sku"] for i in body["items"]]
         impressions.append({"request_id": req.request_id, "ts": clock.timestamp(), "surface": surface,

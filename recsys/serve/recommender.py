@@ -153,7 +153,7 @@ class Recommender:
 
     def _log_impression(self, req: RecRequest, response: dict) -> None:
         self.res.writes.impression({
-            "request_id": req.request_id, "ts": time.time(), "surface": req.surface, "user_id": req.user_id,
+            "request_id": req.request_id, "ts": req.ts or time.time(), "surface": req.surface, "user_id": req.user_id,
             "session_id": req.session_id, "context_skus": req.context_skus,
             "skus": [i["sku"] for i in response["items"]], "sources": [i["source"] for i in response["items"]],
             "model_version": response["model_version"], "rule_set_version": response["rule_set_version"],

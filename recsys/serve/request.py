@@ -21,6 +21,7 @@ class RecRequest:
     explain: bool = False
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     arm: Arm | None = None   # the models that serve it, assigned by the recommender (recsys/release/arms.py)
+    ts: float | None = None  # when it was asked (epoch seconds): the impression's ts; None = now
 
     @property
     def context_skus(self) -> list[str]:
