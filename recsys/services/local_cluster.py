@@ -17,10 +17,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,10 +105,11 @@ class Node:
 class LocalCluster:
     """`cfg.services.ray` names the head's ports (`head_overrides()`); worker nodes take free ports.
     `cpus` per node are logical CPUs: two nodes of 2 on a 2-core machine oversubscribe it, which is
-    what a test of placement needs."""
+    what a test of placement needs. `env`: more environment for every node's processes."""
 
-    def __init__(self, cfg, root: Path | str, workers: int = 1, cpus: int = 2, object_store_bytes: int = 200_000_000):
-        self.cfg = cfg
+    def __init__(self, cfg, root: Path | str, workers: int = 1, cpus: int = 2, object_store_bytes: int = 200_000_000,
+                 env: dict[str, str] | None = None):
+        self.cfg, self.extra_env = cfg, dict(env or {})
         self.root = Path(root).resolve()
         # A node's sockets live under its temp dir: a unix socket path has at most 107 bytes.
         if len(str(self.root)) > 48:
@@ -130,7 +133,7 @@ class LocalCluster:
         this interpreter's bin first on PATH (a job's `python` is this environment's)."""
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-        return {**env, **ray_env(self.cfg), "PATH": path}
+        return {**env, **ray_env(self.cfg), **self.extra_env, "PATH": path}
 
     def _common(self, node: Node) -> list[str]:
         return [f"--num-cpus={self.cpus}", f"--resources={json.dumps({node.resource: 1})}",
@@ -216,6 +219,8 @@ class LocalCluster:
                 except psutil.Error:
                     pass
             psutil.wait_procs(alive, timeout=5)
+        if self.cfg.services.ray.haproxy.enabled:   # the folder ray_env() made for this head's HAProxy
+            shutil.rmtree(Path(tempfile.gettempdir()) / f"recsys-haproxy-{self.port}", ignore_errors=True)
 
     def __enter__(self) -> "LocalCluster":
         return self.start()
