@@ -79,3 +79,39 @@ def test_advance_and_rollback_by_hand_are_audited_and_served(setup, capsys):
     assert "gates PASSED" in capsys.readouterr().out
     with psycopg.connect(Postgres(cfg).dsn, autocommit=True) as pg:
         assert registry.get(pg, versions[1]).stage == "rejected" and canaries.running(pg) is None
+
+
+def test_the_controller_actor_moves_a_canary_by_itself_and_comes_back_after_a_crash(setup):
+    """The detached Ray actor ticks on its own: with no minimums, a canary goes 10% -> 50% -> 100% ->
+    promoted while nobody calls anything; killed, Ray restarts it and it resumes."""
+    import time
+
+    import ray
+
+    from recsys.release import controller
+    from recsys.services import Postgres
+
+    cfg = make_cfg("release.canary.enabled=true", "release.canary.min_impressions=0",
+                   "release.canary.min_duration_s=0", "release.canary.controller_interval_s=0.5")
+    with psycopg.connect(Postgres(cfg).dsn, autocommit=True) as pg:
+        live = registry.live(pg, "ranker")
+        version = f"ranker-actor-{uuid.uuid4().hex[:8]}"
+        registry.register(pg, version, "ranker", "/nonexistent", {"type": "popularity"}, live.metrics)
+        print(controller.start_on_ray(cfg))
+        try:
+            actor = ray.get_actor(controller.ACTOR_NAME, namespace=controller.NAMESPACE)
+            ray.kill(actor, no_restart=False)   # a crash: Ray restarts it (max_restarts=-1)
+            started = release(pg, cfg, {"ranker": version}, "test")
+            assert started.action == "canary"
+            deadline = time.monotonic() + 60
+            while canaries.get(pg, started.canary_id).state == "running" and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert canaries.get(pg, started.canary_id).state == "promoted"
+            log = canaries.log(pg, started.canary_id)
+            assert [e["action"] for e in log] == ["start", "advance", "advance", "promote"]
+            assert {e["actor"] for e in log[1:]} == {"controller"}
+        finally:
+            assert controller.stop_on_ray(cfg)
+            if (c := canaries.running(pg)) is not None:
+                canaries.abort(pg, c.canary_id, "test", "test over")
+        assert registry.live(pg, "ranker").version == version

@@ -8,7 +8,8 @@ from a terminal, the same steps as /v1/admin/models and /v1/admin/canary.
     recsys canary advance|rollback|abort [--reason R]
     recsys canary watch [--on-ray | --stop]   the controller: in this terminal, or as a Ray actor
     recsys nightly                            train everything, then one release (recsys/train/nightly.py)
-    recsys incremental                        ALS fold-in and cold-item vectors, each through its gates
+    recsys incremental [--watch]              ALS fold-in and cold-item vectors, each through its gates
+                                              (--watch: every release.incremental_every_min minutes)
 
 Every change is audited as `cli:<os user>`. Exit status 1 when a transition is refused.
 """
@@ -134,12 +135,26 @@ def _nightly(args, cfg) -> int:
 
 
 def _incremental(args, cfg) -> int:
+    """Once, or with --watch every `release.incremental_every_min` minutes (a long-running Ray job:
+    `ray job submit -- recsys incremental --watch`); a failed round is reported and the next one runs."""
+    import time
+
     from recsys.train.cold_items import embed_cold_items
     from recsys.train.incremental import run
 
-    print(run(cfg))
-    print(embed_cold_items(cfg))
-    return 0
+    every_s = float(cfg.release.incremental_every_min) * 60
+    while True:
+        started = time.monotonic()
+        try:
+            print(run(cfg), flush=True)
+            print(embed_cold_items(cfg), flush=True)
+        except Exception as exc:
+            if not args.watch:
+                raise
+            print(f"incremental round failed ({type(exc).__name__}: {exc}); next in {every_s:.0f} s", flush=True)
+        if not args.watch:
+            return 0
+        time.sleep(max(0.0, every_s - (time.monotonic() - started)))
 
 
 def register(sub) -> None:
@@ -170,4 +185,5 @@ def register(sub) -> None:
     p = sub.add_parser("nightly", help="train the two-tower, ALS and the ranker, then release them (gates, canary)")
     p.set_defaults(run=_nightly)
     p = sub.add_parser("incremental", help="ALS fold-in and cold-item vectors, each through its gates")
+    p.add_argument("--watch", action="store_true", help="again every release.incremental_every_min minutes")
     p.set_defaults(run=_incremental)
