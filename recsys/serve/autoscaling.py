@@ -101,7 +101,7 @@ class BusyPolicy:
     `policy_kwargs: {target: ...}`): desired replicas = the replicas' summed busy share / target.
     Until a replica has reported, the current target stands."""
 
-    def __init__(self, target: float = 0.6):
+    def __init__(self, target: float = 0.5):
         if not 0 < float(target):
             raise ValueError("target must be positive")
         self.target = float(target)
