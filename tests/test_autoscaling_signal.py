@@ -1,5 +1,5 @@
 """The ingress's autoscaling signal (recsys/serve/autoscaling.py): requests inside the app averaged over
-time, whenever it is read, and the policy that turns it into replicas."""
+time and the process's CPU share, whenever they are read, and the policy that turns them into replicas."""
 
 from types import SimpleNamespace
 
@@ -7,7 +7,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from recsys.serve.autoscaling import BUSY, BusyPolicy, LoadMeter, MeteredApp, add_meter
+from recsys.serve.autoscaling import BUSY, CPU, IN_APP, BusyPolicy, LoadMeter, MeteredApp, add_meter
 
 
 class Clock:
@@ -18,25 +18,31 @@ class Clock:
         return self.t
 
 
-def test_the_meter_is_the_time_average_of_requests_in_flight():
-    clock = Clock()
-    meter = LoadMeter(clock)
+def test_the_meter_is_the_time_average_of_requests_in_flight_or_the_cpu_share():
+    clock, cpu = Clock(), Clock()
+    meter = LoadMeter(clock, cpu)
     meter.enter()                       # one request for 0.3 s of a 1 s report
     clock.t = 0.3
     meter.leave()
-    clock.t = 1.0
-    assert meter.read() == pytest.approx(0.3)
+    clock.t = cpu.t = 1.0               # ... while the process used a whole core
+    assert meter.read() == pytest.approx({IN_APP: 0.3, CPU: 1.0, BUSY: 1.0})
     meter.enter()
     meter.enter()                       # two at once for the whole next second, still in flight
     clock.t = 2.0
-    assert meter.read() == pytest.approx(2.0)
+    cpu.t = 1.5
+    assert meter.read() == pytest.approx({IN_APP: 2.0, CPU: 0.5, BUSY: 2.0})
     clock.t = 2.5
     meter.leave()
     meter.leave()
     clock.t = 3.0
-    assert meter.read() == pytest.approx(1.0)   # 2 x 0.5 s over 1 s
+    assert meter.read()[IN_APP] == pytest.approx(1.0)   # 2 x 0.5 s over 1 s
     clock.t = 4.0
-    assert meter.read() == 0.0
+    assert meter.read() == {IN_APP: 0.0, CPU: 0.0, BUSY: 0.0}
+    cpu.t = 9.0                          # start-up work...
+    clock.t = 10.0
+    meter.reset()                        # ...is not in the next report
+    clock.t = 11.0
+    assert meter.read()[CPU] == 0.0
 
 
 def test_the_middleware_counts_every_http_request():

@@ -27,13 +27,13 @@ from tests.conftest import make_cfg
 
 SURFACES = ("homepage_hero", "pdp_fbt", "cart_upsell")
 # conf/serve/cluster.yaml at this test's scale: 1 to 2 replicas, one a node; the small world's misses
-# cost ~3-4 ms of a replica's time, so the busy target is lowered to 0.2 for 100 req/s (busy ~0.3-0.4)
-# to need a second replica and 10 req/s (~0.04) one; a short downscale delay; the response cache off
-# (every request runs the pipeline).
+# cost ~3-4 ms of a replica's time, so the busy target is lowered to 0.15 for 100 req/s (busy ~0.3-0.4
+# here) to need a second replica and 5 req/s (~0.05 a replica, most of it its background threads) one;
+# a short downscale delay; the response cache off (every request runs the pipeline).
 SERVE = ["serve=cluster", "serve.autoscaling.min_replicas=1", "serve.autoscaling.max_replicas=2",
-         "serve.max_replicas_per_node=1", "serve.autoscaling.policy.policy_kwargs.target=0.2",
+         "serve.max_replicas_per_node=1", "serve.autoscaling.policy.policy_kwargs.target=0.15",
          "serve.autoscaling.downscale_delay_s=5", *(f"surfaces.{s}.cache_ttl_s=0" for s in SURFACES)]
-RAMP = [(10.0, 5.0), (100.0, 25.0), (10.0, 5.0)]   # (req/s, seconds); then 10 req/s until back at 1 replica
+RAMP = [(5.0, 5.0), (100.0, 25.0), (5.0, 5.0)]   # (req/s, seconds); then 5 req/s until back at 1 replica
 TAIL_MAX_S = 45.0
 TRAIN = ["model.epochs=1", "model.dim=16", "pipeline.num_workers=2", "pipeline.cpus_per_worker=0.25",
          "pipeline.placement_strategy=STRICT_SPREAD"]
@@ -140,7 +140,7 @@ def test_serve_scales_out_to_a_replica_on_each_node_under_a_ramp_and_back_in(clu
     # and at the low rates before and after it nothing fails at all.
     failed = [a for a in run.answers if not 200 <= a.status < 300]
     assert all(a.status == 503 for a in failed), sorted({a.status for a in failed})
-    assert not [a for a in failed if a.step != 1], "failures at 10 req/s"
+    assert not [a for a in failed if a.step != 1], "failures at 5 req/s"
 
 
 def test_requests_are_answered_while_the_worker_node_dies(cluster):
@@ -187,5 +187,8 @@ def test_requests_are_answered_while_the_worker_node_dies(cluster):
     assert len(failed) <= KILL_RATE * FAILURE_WINDOW_S * 0.5       # at most half of the window's requests
     status = serve.status().applications[app_name].deployments["recsys_api"].replica_states
     assert status.get("RUNNING", 0) >= 1, status                   # the head's replica still serves
-    assert local.node_ids().keys() == {"head_node"}                 # Ray saw the node go
+    deadline = time.monotonic() + 60
+    while local.node_ids().keys() != {"head_node"} and time.monotonic() < deadline:   # Ray sees the node go
+        time.sleep(1)
+    assert local.node_ids().keys() == {"head_node"}
 

@@ -112,6 +112,7 @@ class RampRun:
     samples: list[tuple[float, int]] = field(default_factory=list)   # (seconds since the ramp began, replicas)
     nodes: list[dict[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    before: object = None  # cpu.Conditions: the machine just before the run
 
     def replicas_at(self, at_s: float) -> int:
         before = [c for t, c in self.samples if t <= at_s]
@@ -338,6 +339,7 @@ def bench_autoscale(cfg, overrides: list[str] | None = None, docs: Path | None =
     """Brings up the two-node cluster, deploys, runs the ramp `bench.autoscale_runs` times, tears the
     cluster down (and leaves this process disconnected from Ray); returns the figures (medians over the
     runs) and writes docs/benchmarks-autoscale.md."""
+    from recsys.bench import cpu
     from recsys.bench.report import DOCS, machine
     from recsys.config import load_config
     from recsys.services.local_cluster import LocalCluster, free_port
@@ -355,8 +357,8 @@ def bench_autoscale(cfg, overrides: list[str] | None = None, docs: Path | None =
     load_before = os.getloadavg()[0]
     print(f"  load average before: {load_before:.2f} (1 min), {os.cpu_count()} cores")
     print(f"  two Ray nodes on this machine, {int(b.autoscale_cpus_per_node)} logical CPUs each; autoscaling "
-          f"{a.min_replicas}-{a.max_replicas} replicas, target {a.target_ongoing_requests} ongoing requests, "
-          f"at most {ccfg.serve.max_replicas_per_node} a node (conf/serve/cluster.yaml); response cache off")
+          f"{a.min_replicas}-{a.max_replicas} replicas on {policy_of(a)}, at most "
+          f"{ccfg.serve.max_replicas_per_node} a node (conf/serve/cluster.yaml); response cache off")
     runs: list[RampRun] = []
     started = time.monotonic()
     try:
@@ -370,8 +372,10 @@ def bench_autoscale(cfg, overrides: list[str] | None = None, docs: Path | None =
         for i in range(int(b.autoscale_runs)):
             if not wait_for_replicas(app_name, int(a.min_replicas), tail_max_s):
                 print(f"  note: {running_replicas(app_name)} replicas, not {a.min_replicas}, before run {i + 1}")
-            print(f"\n  run {i + 1} of {int(b.autoscale_runs)}: (req/s, s) {steps}")
+            before = cpu.wait_idle(float(b.http_idle_cpu_pct), float(b.http_idle_wait_s))
+            print(f"\n  run {i + 1} of {int(b.autoscale_runs)}: (req/s, s) {steps}; {before.note()}")
             run = ramp_once(ramp, app_name, steps, int(a.min_replicas), tail_max_s)
+            run.before = before
             for w in run.windows(window_s):
                 print(w.line())
             runs.append(run)
@@ -388,6 +392,15 @@ def bench_autoscale(cfg, overrides: list[str] | None = None, docs: Path | None =
         print(f"  {name:<52} {value:10.2f} {unit}")
     write_timeline(docs / "benchmarks-autoscale.md", runs, steps, window_s, figures, ccfg, machine())
     return figures
+
+
+def policy_of(autoscaling) -> str:
+    """The autoscaling rule in words, for the printout and the docs."""
+    policy = autoscaling.get("policy")
+    if policy and "BusyPolicy" in str(policy.get("policy_function", "")):
+        target = (policy.get("policy_kwargs") or {}).get("target", 0.6)
+        return f"the replicas' busy share (BusyPolicy, target {target} a replica)"
+    return f"Serve's count of ongoing requests (target {autoscaling.get('target_ongoing_requests', 2)} a replica)"
 
 
 def _step_bounds(steps: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -408,15 +421,21 @@ def figures_of(runs: list[RampRun], steps: list[tuple[float, float]], lo: int, h
     first_up = next(i for i, (r, _) in enumerate(steps) if r > steps[0][0]) if any(
         r > steps[0][0] for r, _ in steps) else 0
     figures: dict[str, tuple[float, str]] = {
-        f"{k}.runs": (len(runs), "runs"), f"{k}.load_avg_1m_before": (load_before, "load"),
+        f"{k}.runs": (len(runs), "runs"),
+        f"{k}.load_avg_1m_before": (med(r.before.loadavg_1m for r in runs) if all(r.before for r in runs)
+                                    else load_before, "load"),   # median over the runs, each after the idle wait
+        f"{k}.busy_runs": (sum(r.before is not None and not r.before.idle for r in runs), "runs"),
         f"{k}.configured_min_replicas": (lo, "replicas"), f"{k}.configured_max_replicas": (hi, "replicas"),
         f"{k}.max_replicas_reached": (med(max(c for _, c in r.samples) for r in runs), "replicas"),
         f"{k}.replicas_after_ramp_down": (med(r.samples[-1][1] for r in runs), "replicas"),
     }
-    up = [first_at(r.samples, bounds[first_up][0], lambda c: c >= hi) for r in runs]
+    first = [first_at(r.samples, bounds[first_up][0], lambda c: c > lo) for r in runs]
+    up = [first_at(r.samples, bounds[peak][0], lambda c: c >= hi) for r in runs]
     down = [first_at(r.samples, bounds[peak][1], lambda c: c <= lo) for r in runs]
+    if all(f is not None for f in first):
+        figures[f"{k}.first_added_s"] = (med(first), "s")   # from the first step above the start rate
     if all(u is not None for u in up):
-        figures[f"{k}.scale_up_s"] = (med(up), "s")         # from the first step above the start rate
+        figures[f"{k}.scale_to_max_s"] = (med(up), "s")     # from the start of the peak step
     if all(d is not None for d in down):
         figures[f"{k}.scale_down_s"] = (med(down), "s")     # from the end of the peak step
     for i, (rate, seconds) in enumerate(steps):
@@ -439,8 +458,8 @@ def write_timeline(path: Path, runs: list[RampRun], steps, window_s: float, figu
              f"`{COMMAND}` on {date.today().isoformat()}, {where}; load average before "
              f"{figures[f'{k}.load_avg_1m_before'][0]:.2f}. A head and a worker node on this machine "
              f"(recsys/services/local_cluster.py), HAProxy on the head; the fused application as "
-             f"conf/serve/cluster.yaml shapes it: {a.min_replicas}-{a.max_replicas} replicas, target "
-             f"{a.target_ongoing_requests} ongoing requests a replica, upscale delay {a.get('upscale_delay_s', 30)} s, "
+             f"conf/serve/cluster.yaml shapes it: {a.min_replicas}-{a.max_replicas} replicas on "
+             f"{policy_of(a)}, upscale delay {a.get('upscale_delay_s', 30)} s, "
              f"downscale delay {a.get('downscale_delay_s', 600)} s, at most {ccfg.serve.max_replicas_per_node} a node. "
              f"Open-loop load over the three surfaces, response cache off (every request a miss); after the "
              f"ramp the last rate goes on until the replicas are back at the minimum. "
@@ -452,14 +471,17 @@ def write_timeline(path: Path, runs: list[RampRun], steps, window_s: float, figu
         lines.append(f"| {i + 1} ({seconds:g} s) | {rate:g} | {figures[n + '.p95_ms'][0]:.1f} | "
                      f"{figures[n + '.ok_rps'][0]:.1f} | {figures[n + '.error_rate'][0]:.1%} | "
                      f"{figures[n + '.replicas_at_end'][0]:g} |")
-    up, down = figures.get(f"{k}.scale_up_s"), figures.get(f"{k}.scale_down_s")
+    first, up, down = (figures.get(f"{k}.{n}") for n in ("first_added_s", "scale_to_max_s", "scale_down_s"))
     lines += ["", f"Most replicas reached {figures[f'{k}.max_replicas_reached'][0]:g} (of {a.max_replicas}); "
-              f"after the ramp {figures[f'{k}.replicas_after_ramp_down'][0]:g}; at the maximum "
-              + (f"{up[0]:.0f} s after the load first rose" if up else "never in some run")
-              + "; back at the minimum " + (f"{down[0]:.0f} s after the peak step ended." if down else
-                                             "not within the tail in some run."), ""]
+              f"after the ramp {figures[f'{k}.replicas_after_ramp_down'][0]:g}. The first replica added "
+              + (f"{first[0]:.0f} s after the load first rose" if first else "never in some run")
+              + "; at the maximum " + (f"{up[0]:.0f} s into the peak step" if up else "never in some run")
+              + "; back at the minimum " + (f"{down[0]:.0f} s after the peak step ended" if down else
+                                            "not within the tail in some run")
+              + " (medians; replicas are counted RUNNING, sampled every second).", ""]
     for n, run in enumerate(runs, 1):
-        lines += [f"Run {n} ({run.seconds:.0f} s), every {window_s:g} s:", "",
+        cond = f"; {run.before.note()}" if run.before is not None else ""
+        lines += [f"Run {n} ({run.seconds:.0f} s{cond}), every {window_s:g} s:", "",
                   "| s | step | req/s | p50 ms | p95 ms | errors | replicas |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for w in run.windows(window_s):
             lines.append(f"| {w.start_s:.0f}-{w.end_s:.0f} | {w.step + 1 if w.step < len(steps) else 'after'} | "

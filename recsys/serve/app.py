@@ -58,6 +58,9 @@ class RecsysApi:
             calls = {name: RemoteStage(handle, float(cfg.serve.budgets_ms[name]) / 1000)
                      for name, handle in stage_handles.items()}
         set_recommender(Recommender(cfg, stages=calls))
+        from recsys.serve.autoscaling import ready
+
+        ready()   # the autoscaling signal starts now, not at the process's start-up
 
     async def record_autoscaling_stats(self) -> dict:
         """Serve's custom autoscaling metric: requests inside the app, averaged since the last report."""

@@ -6,10 +6,16 @@ loop) without yielding for most of it, so the sampler only ever runs between req
 whatever the load: measured on two nodes here, a replica shedding 503s at 150 req/s still reported 0
 and Serve never added one.
 
-So the ingress measures its own load: `LoadMeter`, an ASGI middleware, integrates the number of
-requests inside the application over time; `RecsysApi.record_autoscaling_stats` reports the mean since
-the previous report (Serve's custom autoscaling metrics). For a replica that runs one request at a
-time that is the share of time it is busy, whenever it is sampled. `BusyPolicy` asks for enough
+So the ingress measures its own load, `busy`, and reports it since the previous report (Serve's custom
+autoscaling metrics, `RecsysApi.record_autoscaling_stats`). It is the larger of two time averages:
+
+- the requests inside the application (an ASGI middleware integrates their number over time): for a
+  replica that runs one request at a time, the share of time it is busy, including time spent waiting
+  for a core on a crowded machine;
+- the replica process's CPU time per second of wall time: what the first misses, the HTTP parsing
+  and Serve's own work around each request, and the replica's background threads (~0.03 at rest).
+
+A replica holds the GIL for most of its work, so either is at most ~1. `BusyPolicy` asks for enough
 replicas to bring the total back to `target` per replica (the default policy's rule on this signal);
 Serve applies min/max_replicas, the upscale/downscale delays and factors on top.
 """
@@ -19,19 +25,30 @@ from __future__ import annotations
 import threading
 import time
 
-BUSY = "busy"   # the custom metric's name
+BUSY = "busy"   # the custom metric's name: max(IN_APP, CPU)
+IN_APP = "in_app"
+CPU = "cpu"
 
 
 class LoadMeter:
-    """The time average of the requests in flight, over the time between two `read()`s."""
+    """Over the time between two `read()`s: the time average of the requests in flight, and the
+    process's CPU seconds per second."""
 
-    def __init__(self, clock=time.monotonic):
-        self._clock = clock
+    def __init__(self, clock=time.monotonic, cpu_clock=time.process_time):
+        self._clock, self._cpu_clock = clock, cpu_clock
         self._lock = threading.Lock()
         self.in_flight = 0
         self._area = 0.0                 # integral of in_flight over time
         self._at = self._read_at = clock()
         self._read_area = 0.0
+        self._read_cpu = cpu_clock()
+
+    def reset(self) -> None:
+        """The next read covers only the time from now (not, say, a replica's start-up work)."""
+        with self._lock:
+            now = self._clock()
+            self._advance(now)
+            self._read_at, self._read_area, self._read_cpu = now, self._area, self._cpu_clock()
 
     def _advance(self, now: float) -> None:
         self._area += self.in_flight * (now - self._at)
@@ -47,14 +64,16 @@ class LoadMeter:
             self._advance(self._clock())
             self.in_flight -= 1
 
-    def read(self) -> float:
+    def read(self) -> dict[str, float]:
+        """{IN_APP, CPU, BUSY} since the previous read."""
         with self._lock:
-            now = self._clock()
+            now, cpu = self._clock(), self._cpu_clock()
             self._advance(now)
             span = now - self._read_at
-            value = (self._area - self._read_area) / span if span > 0 else float(self.in_flight)
-            self._read_at, self._read_area = now, self._area
-            return value
+            in_app = (self._area - self._read_area) / span if span > 0 else float(self.in_flight)
+            used = (cpu - self._read_cpu) / span if span > 0 else 0.0
+            self._read_at, self._read_area, self._read_cpu = now, self._area, cpu
+            return {IN_APP: in_app, CPU: used, BUSY: max(in_app, used)}
 
 
 # One per process (a Serve replica is a process): the middleware and the replica's report share it.
@@ -78,10 +97,16 @@ class MeteredApp:
             METER.leave()
 
 
+def ready() -> None:
+    """A replica is about to serve: its first report starts here, without its start-up CPU (loading
+    snapshots for seconds would read as a busy replica and ask for more)."""
+    METER.reset()
+
+
 def report() -> dict[str, float]:
     """What a replica reports to Serve (`record_autoscaling_stats`). Reads this module's METER by name:
     Serve ships the deployment class by value, so a METER the class's module imported would be a copy."""
-    return {BUSY: METER.read()}
+    return METER.read()
 
 
 def add_meter(app) -> bool:
