@@ -3,6 +3,7 @@ key prefix of its own so a running demo, another suite and the machine's shared 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -99,3 +100,21 @@ def pg(stack):
 
     with psycopg.connect(Postgres(stack).dsn, autocommit=True) as conn:
         yield conn
+
+
+@contextlib.contextmanager
+def live_restored(pg, *kinds):
+    """The live version of each kind as it was before the block (none: none live): a test that makes a
+    model with made-up metrics live must not leave it there, or later tests' gates compare with it."""
+    from recsys import registry
+    from recsys.release.promote import make_live
+
+    before = {kind: registry.live(pg, kind) for kind in kinds}
+    try:
+        yield
+    finally:
+        for kind, record in before.items():
+            if record is None:
+                pg.execute("UPDATE models SET stage = 'retired' WHERE kind = %s AND stage = 'live'", (kind,))
+            else:
+                make_live(pg, record.version)

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from recsys import registry
 from recsys.release import canary as canaries
 from recsys.release.promote import release
-from tests.conftest import PATIENT, TEST_OVERRIDES, make_cfg
+from tests.conftest import PATIENT, TEST_OVERRIDES, live_restored, make_cfg
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def setup(world):
     from recsys.services import Postgres
 
     cfg = make_cfg("release.canary.enabled=true", *PATIENT)
-    with psycopg.connect(Postgres(cfg).dsn, autocommit=True) as pg:
+    with psycopg.connect(Postgres(cfg).dsn, autocommit=True) as pg, live_restored(pg, "ranker"):
         keys = {role: {"Authorization": f"Bearer {create_key(pg, role, 'test_canary_api')[1]}"}
                 for role in ("ml", "storefront")}
         versions = []
@@ -34,10 +34,10 @@ def setup(world):
                               {"lightgbm_ndcg@12": 0.5, "retrieval_order_ndcg@12": 0.1})
             versions.append(version)
         assert release(pg, cfg, {"ranker": versions[0]}, "test", canary_allowed=False).action == "live"
-    recommender = Recommender(cfg)
-    set_recommender(recommender)
-    with TestClient(api) as client:
-        yield cfg, client, keys, versions, recommender
+        recommender = Recommender(cfg)
+        set_recommender(recommender)
+        with TestClient(api) as client:
+            yield cfg, client, keys, versions, recommender
 
 
 def test_only_the_ml_role_sees_and_moves_the_canary(setup):

@@ -16,8 +16,8 @@ import pytest
 from recsys import registry
 from recsys.release import canary as canaries
 from recsys.release.promote import release
-from recsys.release.simulate import run_canary
-from tests.conftest import PATIENT, make_cfg
+from recsys.release.simulate import forget, run_canary
+from tests.conftest import PATIENT, live_restored, make_cfg
 
 CANARY = ["release.canary.enabled=true", "release.canary.min_impressions=250", "release.canary.min_duration_s=600",
           "release.canary.min_per_arm=150", "serve.ranker=ltr", "surfaces.homepage_hero.cache_ttl_s=0", *PATIENT]
@@ -47,16 +47,25 @@ def _train_ranker(pg, tmp, cfg) -> str:
 
 @pytest.fixture(scope="module")
 def setup(world, tmp_path_factory):
-    """The control (a LightGBM ranker, live), a sound candidate (the same, retrained) and the serving code."""
-    from recsys.data import generate
+    """The control (a LightGBM ranker, live), a sound candidate (the same, retrained) and the serving code;
+    the live ranker as it was afterwards."""
+    from recsys.services import Postgres
+
+    cfg = make_cfg(*CANARY, "ranker.max_requests=1500")
+    tmp = tmp_path_factory.mktemp("rankers")
+    restored = psycopg.connect(Postgres(cfg).dsn, autocommit=True)
+    with live_restored(restored, "ranker"):
+        yield from _setup(cfg, tmp)
+    restored.close()
+
+
+def _setup(cfg, tmp):
+    from recsys.data import history_end
     from recsys.serve.recommender import Recommender
     from recsys.services import Postgres
     from recsys.sim.catalog import generate_catalog
     from recsys.sim.shoppers import ShopperWorld
-    from recsys.data import history_end
 
-    cfg = make_cfg(*CANARY, "ranker.max_requests=1500")
-    tmp = tmp_path_factory.mktemp("rankers")
     with psycopg.connect(Postgres(cfg).dsn, autocommit=True) as pg:
         assert canaries.running(pg) is None
         control = _train_ranker(pg, tmp, cfg)
@@ -76,6 +85,10 @@ def setup(world, tmp_path_factory):
     with psycopg.connect(Postgres(cfg).dsn, autocommit=True) as pg:
         if (c := canaries.running(pg)) is not None:
             canaries.abort(pg, c.canary_id, "test", "test over")
+        # the simulated shoppers' events leave the shared log (later tests train and rebuild Redis from it)
+        for (canary_id,) in pg.execute("SELECT DISTINCT canary_id FROM impressions WHERE canary_id IS NOT NULL"):
+            forget(pg, canary_id)
+        assert pg.execute("SELECT count(*) FROM events WHERE ts > now() + interval '1 minute'").fetchone()[0] == 0
 
 
 def _canary(cfg, version: str) -> int:

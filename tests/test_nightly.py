@@ -10,24 +10,31 @@ import psycopg
 
 from recsys import registry
 from recsys.release import canary as canaries
-from tests.conftest import make_cfg
+from tests.conftest import live_restored, make_cfg
 from tests.test_pipeline import TINY
 from tests.test_rank_ltr import OVERRIDES as RANKER
 
 
 def test_nightly_trains_everything_then_releases_it_as_one_canary(world, capsys):
-    from recsys.release.promote import release
+    from recsys.release.promote import make_live
     from recsys.services import Postgres
     from recsys.train.nightly import run
 
     cfg = make_cfg(*TINY, *RANKER, "ranker.mlp.epochs=2", "release.canary.enabled=true")
+    with psycopg.connect(Postgres(cfg).dsn, autocommit=True) as restored, live_restored(restored, "ranker"):
+        _nightly(cfg, capsys, make_live, run)
+
+
+def _nightly(cfg, capsys, make_live, run):
+    from recsys.services import Postgres
+
     with psycopg.connect(Postgres(cfg).dsn, autocommit=True) as pg:
         assert canaries.running(pg) is None
         # something live to compare with (a canary, not "live"), and a bar the nightly ranker clears
         version = f"ranker-nightly-baseline-{uuid.uuid4().hex[:6]}"
         registry.register(pg, version, "ranker", "/nonexistent", {"type": "popularity"},
                           {"lightgbm_ndcg@12": 0.02, "retrieval_order_ndcg@12": 0.01})
-        assert release(pg, cfg, {"ranker": version}, "test", canary_allowed=False).action == "live"
+        make_live(pg, version)   # test setup: its low metrics are the point (the gates would refuse it)
     result = run(cfg)
     out = capsys.readouterr().out
     try:
@@ -56,7 +63,8 @@ def test_a_version_that_fails_its_gates_does_not_hold_back_the_others(pg):
     registry.register(pg, good, "ranker", "/nonexistent", {"type": "popularity"},
                       {"lightgbm_ndcg@12": 0.9, "retrieval_order_ndcg@12": 0.01})
     registry.register(pg, bad, "content", "/nonexistent", {}, {"content.self_recall@120": 0.0})
-    outcome = release(pg, cfg, {"ranker": good, "content": bad}, "test")
-    assert outcome.action == "live" and outcome.versions == {"ranker": good} and outcome.rejected == {"content": bad}
-    assert "rejected by the gates: content.self_recall@120 = 0.0000 < floor 0.2000" in outcome.line()
-    assert registry.get(pg, bad).stage == "rejected" and registry.live(pg, "ranker").version == good
+    with live_restored(pg, "ranker"):
+        outcome = release(pg, cfg, {"ranker": good, "content": bad}, "test")
+        assert outcome.action == "live" and outcome.versions == {"ranker": good} and outcome.rejected == {"content": bad}
+        assert "rejected by the gates: content.self_recall@120 = 0.0000 < floor 0.2000" in outcome.line()
+        assert registry.get(pg, bad).stage == "rejected" and registry.live(pg, "ranker").version == good

@@ -24,7 +24,7 @@ def bench_canary(cfg, runs: int = 3, max_impressions: int = 30_000) -> dict[str,
     from recsys.data import history_end
     from recsys.release import canary as canaries
     from recsys.release.promote import release
-    from recsys.release.simulate import run_canary
+    from recsys.release.simulate import forget, run_canary
     from recsys.serve.recommender import Recommender
     from recsys.services import Postgres
     from recsys.sim.catalog import generate_catalog
@@ -55,7 +55,6 @@ def bench_canary(cfg, runs: int = 3, max_impressions: int = 30_000) -> dict[str,
                 raise SystemExit(f"the bench's candidate did not enter a canary: {outcome.line()}")
             recommender.res.poll_release()
             started = time.monotonic()
-            # a short simulated clock: the bench's shoppers leave ~25 minutes of events in the demo's log
             result = run_canary(conn, recommender, shoppers, outcome.canary_id, max_impressions,
                                 seconds_per_impression=0.05, seed=seed)
             seconds.append(time.monotonic() - started)
@@ -65,6 +64,7 @@ def bench_canary(cfg, runs: int = 3, max_impressions: int = 30_000) -> dict[str,
             print(f"  run {seed + 1}: {result.outcome} after {result.impressions} impressions "
                   f"({seconds[-1]:.0f} s); CTR control {since.get('control', {}).get('ctr', 0):.4f}, "
                   f"canary {since.get('canary', {}).get('ctr', 0):.4f}", flush=True)
+            forget(conn, outcome.canary_id)   # the simulated shoppers' events leave the demo's log
             decided.append(result.impressions if result.outcome == "rolled_back" else float("nan"))
             ctrs.append((since.get("control", {}).get("ctr", 0.0), since.get("canary", {}).get("ctr", 0.0)))
             recommender.res.poll_release()

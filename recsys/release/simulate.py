@@ -76,3 +76,12 @@ def run_canary(conn: psycopg.Connection, recommender, world, canary_id: int, max
     final = canaries.get(conn, canary_id)
     return SimulatedCanary(canary_id, final.state, served, decisions,
                            decisions[-1].numbers if decisions else {})
+
+
+def forget(conn: psycopg.Connection, canary_id: int) -> int:
+    """Delete a simulated canary's impressions and the shoppers' events attributed to them (the log then
+    holds only what real traffic did: the ranker trains on it); its decisions stay in canary_log."""
+    with conn.transaction():
+        conn.execute("DELETE FROM events WHERE request_id IN "
+                     "(SELECT request_id FROM impressions WHERE canary_id = %s)", (canary_id,))
+        return conn.execute("DELETE FROM impressions WHERE canary_id = %s", (canary_id,)).rowcount
