@@ -104,6 +104,12 @@ class Answer:
     at_s: float            # scheduled start, seconds since the ramp began
     latency_ms: float      # from the scheduled start: waiting for a free connection is latency too
     status: int            # HTTP status; 0 when nothing answered in time
+    shed: bool = False     # a 503 with Retry-After: a replica (or its admission control) refused the load,
+                           # as opposed to nothing answering (HAProxy's own 503 has no Retry-After)
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
 
 
 @dataclass
@@ -196,16 +202,17 @@ class Ramp:
                                          connector=aiohttp.TCPConnector(limit=self.concurrency)) as client:
 
             async def one(path: str, step: int, due: float) -> None:
-                status = 0
+                status, shed = 0, False
                 async with gate:
                     if time.monotonic() - due <= self.timeout_s:   # else: queued past the client's patience
                         try:
                             async with client.get(path) as r:
                                 await r.read()
                                 status = r.status
+                                shed = status == 503 and "Retry-After" in r.headers
                         except (aiohttp.ClientError, asyncio.TimeoutError):
                             status = 0
-                answers.append(Answer(step, due - began, (time.monotonic() - due) * 1000, status))
+                answers.append(Answer(step, due - began, (time.monotonic() - due) * 1000, status, shed))
 
             def schedule(due: float, step: int) -> None:
                 task = asyncio.create_task(one(self._path(), step, due))
