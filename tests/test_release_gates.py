@@ -27,6 +27,10 @@ def test_each_check_kind_passes_and_fails_with_a_reason():
     reasons = [c.reason for c in bad if not c.passed]
     assert reasons == ["m.ndcg@12 = 0.0450 < live 0.0600 - 0.0020", "m.ndcg@12 = 0.0450 <= base@12 = 0.0500",
                        "m.coverage@12: missing from the version's metrics"]
+    # the live version scored on the candidate's own data beats the number it was registered with
+    same_data = [{**spec[0], "live_metric": "live_m@12"}]
+    checks = metric_checks(same_data, {"m.ndcg@12": 0.05, "base@12": 0.04, "live_m@12": 0.049}, {"m.ndcg@12": 0.09})
+    assert all(c.passed for c in checks) and "live 0.0490" in checks[1].reason
 
 
 def _popularity_ranker(pg, ndcg: float, base: float = 0.05) -> str:

@@ -47,6 +47,25 @@ def content_vectors(conn: psycopg.Connection, items: ItemTable) -> np.ndarray | 
     return np.asarray(matrix, dtype=np.float32)[[pos[s] for s in items.skus]]
 
 
+def live_on_same_lists(cfg, valid, k: int) -> float | None:
+    """NDCG@k of the live ranker on the candidate's validation lists (None when none is live or it cannot
+    be loaded): registered numbers from another night's lists are not comparable."""
+    from recsys.models.ranker import load_ranker
+    from recsys.rank.evaluate import ndcg_at_k
+    from recsys.registry import models as registry
+    from recsys.services import Postgres
+
+    with psycopg.connect(Postgres(cfg).dsn, autocommit=True) as conn:
+        live = registry.live(conn, "ranker")
+    if live is None:
+        return None
+    try:
+        return float(ndcg_at_k(load_ranker(live.artifact_uri, live.config).score(valid.X), valid, k))
+    except Exception as exc:
+        print(f"the live ranker {live.version} could not be scored on these lists: {exc}", flush=True)
+        return None
+
+
 def run(cfg) -> dict:
     from recsys.raycluster import ensure_ray
     from recsys.registry import models as registry
@@ -73,6 +92,9 @@ def run(cfg) -> dict:
     metrics = compare(valid, {"lightgbm": lgb_ranker, "mlp": mlp_ranker}, k)
     metrics.update({"train_lists": float(len(train.group)), "lightgbm_best_iteration": lgb_info.get("best_iteration"),
                     "mlp_epochs": mlp_info["epochs"], "content_vectors": content is not None})
+    live = live_on_same_lists(cfg, valid, k)   # the gate compares with the live ranker on these very lists
+    if live is not None:
+        metrics[f"live_ranker_ndcg@{k}"] = live
     lgb_ranker.save(out / MODEL_FILE)
     mlp_ranker.save(out / MLP_FILE)
     feature_table().to_csv(out / "features.csv", index=False)

@@ -78,7 +78,10 @@ def metric_checks(spec: list[dict], metrics: dict, live_metrics: dict | None) ->
             floor = float(check["floor"])
             out.append(Check(f"{name} >= floor", value >= floor, value, floor,
                              f"{name} = {value:.4f} {'>=' if value >= floor else '<'} floor {floor:.4f}"))
-        live = _number((live_metrics or {}).get(name))
+        # the live version measured on the candidate's own evaluation data when the trainer did that
+        # (`live_metric`), else the number the live version was registered with
+        live = _number(metrics.get(check["live_metric"])) if "live_metric" in check else None
+        live = live if live is not None else _number((live_metrics or {}).get(name))
         if "live_tolerance" in check and live is not None:
             need = live - float(check["live_tolerance"])
             out.append(Check(f"{name} >= live - tolerance", value >= need, value, need,
