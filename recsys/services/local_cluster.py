@@ -170,12 +170,9 @@ class LocalCluster:
         wait_for(self._jobs_ready, 60, "the Ray job server", interval=0.5)
 
     def _jobs_ready(self) -> bool:
-        import httpx
+        from recsys.services.ray_head import job_server_ready
 
-        try:
-            return httpx.get(f"{self.job_address}/api/version", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return job_server_ready(self.job_address)
 
     def node(self, resource: str) -> Node:
         return next(n for n in self.nodes if n.resource == resource)

@@ -110,12 +110,7 @@ class Ray:
             wait_for(self._jobs_ready, 60, "the Ray job server", interval=0.5)
 
     def _jobs_ready(self) -> bool:
-        import httpx
-
-        try:
-            return httpx.get(f"{self.job_address}/api/version", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return job_server_ready(self.job_address)
 
     def stop(self) -> bool:
         if self.external or not self.marker.exists():
@@ -138,3 +133,13 @@ class Ray:
         ok = port_open(host, int(port))
         jobs = "" if self.external else (f"jobs at {self.job_address}" if self.cfg.dashboard else "no job server")
         return Health(self.name, ok, self.address, self.marker.exists(), jobs if ok else "no head answers")
+
+
+def job_server_ready(job_address: str) -> bool:
+    """Whether a Ray head's job server answers (right after `ray start` it may not yet)."""
+    import httpx
+
+    try:
+        return httpx.get(f"{job_address}/api/version", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
