@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-ROLES = ("storefront", "merchandiser", "ml", "admin")
-# storefront: read recommendations, write events. merchandiser: rules. ml: models and canary. admin: keys.
+ROLES = ("storefront", "viewer", "merchandiser", "ml", "admin")
+# storefront: read recommendations, write events. viewer: read the dashboard, the rules and the models.
+# merchandiser: rules. ml: models and canary. admin: keys.
+# Who may read the admin views (rules, models, canary): every role but the storefront's.
+READERS = ("viewer", "merchandiser", "ml")
 
 
 def allows(role: str, needed: str | tuple[str, ...]) -> bool:

@@ -41,8 +41,9 @@ def write_catalog(conn: psycopg.Connection, items: pd.DataFrame, edges: pd.DataF
                 values = [_none_if_nan(v) for v in row]
                 values[ITEM_COLUMNS.index("specs")] = json.dumps(values[ITEM_COLUMNS.index("specs")] or {})
                 copy.write_row(values)
-        cur.execute(f"INSERT INTO items ({cols}) SELECT {cols} FROM items_staging "
-                    f"ON CONFLICT (sku) DO UPDATE SET {updates}, updated_at = now()")
+        # listed_at: when a new SKU entered the catalog (its launch date when it has one); kept on update
+        cur.execute(f"INSERT INTO items ({cols}, listed_at) SELECT {cols}, coalesce(launch_date::timestamptz, now()) "
+                    f"FROM items_staging ON CONFLICT (sku) DO UPDATE SET {updates}, updated_at = now()")
         cur.execute("DELETE FROM item_edges e USING items i WHERE e.src_sku = i.sku AND i.catalog = %s", (catalog,))
         with cur.copy("COPY item_edges (src_sku, dst_sku, kind, weight) FROM STDIN") as copy:
             for row in edges[["src_sku", "dst_sku", "kind", "weight"]].itertuples(index=False):

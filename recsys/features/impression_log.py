@@ -9,7 +9,7 @@ import psycopg
 from recsys.db import partitions
 
 COLUMNS = ("request_id", "ts", "surface", "user_id", "session_id", "context_skus", "skus", "sources",
-           "model_version", "rule_set_version", "arm", "canary_id", "degraded")
+           "model_version", "rule_set_version", "arm", "canary_id", "degraded", "latency_ms")
 TS = COLUMNS.index("ts")
 
 

@@ -68,7 +68,7 @@ class Recommender:
         known = self._run(FEATURES, deadline, degraded, timings, req)
         if known.cached is not None:   # a fresh request id: each response is an impression of its own
             response = {"request_id": req.request_id, **known.cached}
-            self._log_impression(req, response)
+            self._log_impression(req, response, started)
             return response
         self.res.refresh()
         user = known.user
@@ -97,7 +97,7 @@ class Recommender:
             response["timing_ms"] = round((time.perf_counter() - started) * 1000, 2)
             response["stage_ms"] = timings
             response["user_known"] = user.known
-        self._log_impression(req, response)
+        self._log_impression(req, response, started)
         return response
 
     def served_by(self, req: RecRequest) -> dict:
@@ -151,12 +151,12 @@ class Recommender:
             timings[name] = round((time.perf_counter() - start) * 1000, 2)
         return self.fallbacks[name](*args)
 
-    def _log_impression(self, req: RecRequest, response: dict) -> None:
+    def _log_impression(self, req: RecRequest, response: dict, started: float) -> None:
         self.res.writes.impression({
             "request_id": req.request_id, "ts": req.ts or time.time(), "surface": req.surface, "user_id": req.user_id,
             "session_id": req.session_id, "context_skus": req.context_skus,
             "skus": [i["sku"] for i in response["items"]], "sources": [i["source"] for i in response["items"]],
             "model_version": response["model_version"], "rule_set_version": response["rule_set_version"],
             "arm": response["arm"], "canary_id": req.arm.canary_id if req.arm else None,
-            "degraded": list(response["degraded"]),
+            "degraded": list(response["degraded"]), "latency_ms": (time.perf_counter() - started) * 1000,
         })

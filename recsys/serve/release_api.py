@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from recsys import registry
 from recsys.auth import ApiKey
 from recsys.auth.http import require_role
+from recsys.auth.roles import READERS
 from recsys.features.events import PRINTABLE
 from recsys.release import canary as canaries
 from recsys.release.controller import numbers_of
@@ -26,6 +27,7 @@ def _res(request: Request):
 
 
 ml_key = require_role("ml", _res)
+reader_key = require_role(READERS, _res)   # the dashboard's views: every role but the storefront's
 
 
 class Reason(BaseModel):
@@ -38,7 +40,7 @@ def _model(record: registry.ModelRecord) -> dict:
 
 
 @router.get("/models", responses=ERRORS)
-def models(request: Request, key: ApiKey = Depends(ml_key)) -> list[dict]:
+def models(request: Request, key: ApiKey = Depends(reader_key)) -> list[dict]:
     """Every registered version, oldest first, with its stage, metrics and last gate report."""
     with _res(request).pool.connection() as conn:
         return [_model(r) for r in registry.list_models(conn)]
@@ -46,12 +48,37 @@ def models(request: Request, key: ApiKey = Depends(ml_key)) -> list[dict]:
 
 @router.get("/models/{version}", responses=ERRORS)
 def model(request: Request, version: str = Path(max_length=128, pattern=PRINTABLE),
-          key: ApiKey = Depends(ml_key)) -> dict:
+          key: ApiKey = Depends(reader_key)) -> dict:
     with _res(request).pool.connection() as conn:
         try:
             return _model(registry.get(conn, version))
         except KeyError:
             raise HTTPException(404, f"no model version {version!r}") from None
+
+
+@router.post("/models/{version}/release", responses=ERRORS)
+def release_version(request: Request, version: str = Path(max_length=128, pattern=PRINTABLE),
+                    key: ApiKey = Depends(ml_key)) -> dict:
+    """Promote a candidate: its gates run again now, then it goes into a canary (a live version of its
+    kind exists), live (none does), or stays held while another canary runs. The gates' reasons come
+    back either way; 409 when the gates refused it."""
+    from recsys.release.promote import release
+
+    res = _res(request)
+    with res.pool.connection() as conn:
+        try:
+            record = registry.get(conn, version)
+        except KeyError:
+            raise HTTPException(404, f"no model version {version!r}") from None
+        if record.stage not in ("candidate", "rejected"):
+            raise HTTPException(409, f"{version} is {record.stage}: only a candidate (or a rejected version, "
+                                     "gated again) can be released")
+        outcome = release(conn, res.cfg, {record.kind: version}, actor(key))
+    body = {"action": outcome.action, "versions": outcome.versions, "canary_id": outcome.canary_id,
+            "reason": outcome.reason, "line": outcome.line(), "gates": [r.as_dict() for r in outcome.reports]}
+    if outcome.action == "rejected":
+        raise HTTPException(409, body)
+    return body
 
 
 def status_of(conn) -> dict:
@@ -64,7 +91,7 @@ def status_of(conn) -> dict:
 
 
 @router.get("/canary", responses=ERRORS)
-def status(request: Request, key: ApiKey = Depends(ml_key)) -> dict:
+def status(request: Request, key: ApiKey = Depends(reader_key)) -> dict:
     """The canary's state machine: stage, share, arms' versions, per-arm metrics (since the start and in
     this stage), the rollback test's numbers, every decision so far."""
     res = _res(request)

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from recsys.auth import ApiKey
 from recsys.auth.http import require_role
+from recsys.auth.roles import READERS
 from recsys.features.events import PRINTABLE
 from recsys.rules import shadow as shadow_runs
 from recsys.rules import store
@@ -28,6 +29,7 @@ def _recommender(request: Request):
 
 
 merchandiser_key = require_role("merchandiser", lambda request: _recommender(request).res)
+reader_key = require_role(READERS, lambda request: _recommender(request).res)   # the dashboard's views
 
 
 def actor(key: ApiKey) -> str:
@@ -109,7 +111,7 @@ Version = Path(ge=1, le=2**31 - 1, description="a rule set version")
 
 
 @router.get("/schema", responses=ERRORS)
-def schema(key: ApiKey = Depends(merchandiser_key)) -> dict:
+def schema(key: ApiKey = Depends(reader_key)) -> dict:
     """The JSON Schema of a rule set."""
     return json_schema()
 
@@ -133,7 +135,7 @@ def create(request: Request, document: Any = Body(...), based_on: int | None = Q
 
 
 @router.get("", responses=ERRORS)
-def list_sets(request: Request, key: ApiKey = Depends(merchandiser_key)) -> list[dict]:
+def list_sets(request: Request, key: ApiKey = Depends(reader_key)) -> list[dict]:
     """Every version, newest first, with its state."""
     with _pool(request).connection() as conn:
         return [s.summary() for s in store.list_sets(conn)]
@@ -141,7 +143,7 @@ def list_sets(request: Request, key: ApiKey = Depends(merchandiser_key)) -> list
 
 @router.get("/audit", responses=ERRORS)
 def audit(request: Request, version: int | None = Query(None, ge=1, le=2**31 - 1), limit: int = Query(200, ge=1, le=5000),
-          key: ApiKey = Depends(merchandiser_key)) -> list[dict]:
+          key: ApiKey = Depends(reader_key)) -> list[dict]:
     """Who did what when: create, shadow, publish, rollback, archive, with the JSON Patch of each change."""
     with _pool(request).connection() as conn:
         return store.audit_log(conn, version, limit)
@@ -179,7 +181,7 @@ def preview(request: Request, ask: PreviewRequest, key: ApiKey = Depends(merchan
 
 
 @router.get("/{version}", responses=ERRORS)
-def get(request: Request, version: int = Version, key: ApiKey = Depends(merchandiser_key)) -> dict:
+def get(request: Request, version: int = Version, key: ApiKey = Depends(reader_key)) -> dict:
     with _pool(request).connection() as conn:
         return _stored(store.get, conn, version).as_dict()
 
@@ -191,7 +193,7 @@ def start_shadow(request: Request, version: int = Version, key: ApiKey = Depends
 
 
 @router.get("/{version}/shadow-report", responses=ERRORS)
-def shadow_report(request: Request, version: int = Version, key: ApiKey = Depends(merchandiser_key)) -> dict:
+def shadow_report(request: Request, version: int = Version, key: ApiKey = Depends(reader_key)) -> dict:
     """What the version did in shadow against live: overlap@k, pins honoured, blocked items removed,
     margin, price, coverage and long-tail share, and the time it cost."""
     res = _recommender(request).res
