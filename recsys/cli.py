@@ -49,6 +49,12 @@ def _consumer_status(cfg) -> None:
             print(f"lag       unknown ({type(exc).__name__})")
 
 
+def _web(args, cfg) -> int:
+    from recsys.web.app import main as serve_web
+
+    return serve_web(args.overrides)
+
+
 def _data(args, cfg) -> int:
     from recsys.data import load_world
 
@@ -199,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("serve", help="deploy or shut down the Ray Serve application")
     p.add_argument("action", choices=["up", "down"])
     p.set_defaults(run=_serve)
+
+    p = sub.add_parser("web", help="serve the dashboard and the storefront page (foreground; make demo starts one)")
+    p.set_defaults(run=_web)
 
     p = sub.add_parser("demo", help="services up, data, embeddings, consumer, serving, a load test")
     p.set_defaults(run=_demo)

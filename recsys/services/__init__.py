@@ -10,8 +10,9 @@ from recsys.services.kafka import Kafka
 from recsys.services.postgres import Postgres
 from recsys.services.ray_head import Ray
 from recsys.services.redis_server import Redis
+from recsys.services.web import Web
 
-__all__ = ["Health", "Kafka", "Postgres", "Ray", "Redis", "all_services", "up", "down", "status"]
+__all__ = ["Health", "Kafka", "Postgres", "Ray", "Redis", "Web", "all_services", "up", "down", "status"]
 
 
 def all_services(cfg, with_ray: bool = True) -> list:
@@ -29,7 +30,7 @@ def up(cfg, with_ray: bool = True) -> list[Health]:
 def down(cfg, with_ray: bool = True) -> list[str]:
     """Stops what recsys started (never an external or pre-existing shared service). The consumers are
     actors of the Ray head and end with it."""
-    stopped = []
+    stopped = ["web"] if Web(cfg).stop() else []   # the dashboard and store first: they use the rest
     for service in reversed(all_services(cfg, with_ray)):
         if service.stop():
             stopped.append(service.name)
@@ -37,4 +38,5 @@ def down(cfg, with_ray: bool = True) -> list[str]:
 
 
 def status(cfg, with_ray: bool = True) -> list[Health]:
-    return [service.health() for service in all_services(cfg, with_ray)]
+    web = Web(cfg)   # listed when running: it is started by `make demo`, not by `services up`
+    return [service.health() for service in all_services(cfg, with_ray)] + ([web.health()] if web.managed else [])
