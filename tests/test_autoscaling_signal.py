@@ -7,7 +7,8 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from recsys.serve.autoscaling import BUSY, CPU, IN_APP, BusyPolicy, LoadMeter, MeteredApp, add_meter
+from recsys.serve.autoscaling import (BLIND_DECISIONS, BUSY, CPU, IN_APP, BusyPolicy, LoadMeter, MeteredApp, add_meter,
+                                      metered)
 
 
 class Clock:
@@ -73,3 +74,31 @@ def test_the_policy_asks_for_the_busy_total_over_the_target():
     assert policy(ctx(None))[0] == 3                              # nothing reported yet: no change
     with pytest.raises(ValueError):
         BusyPolicy(target=0)
+
+
+def test_the_served_api_carries_the_meter_whoever_started_it_first():
+    """The meter is on recsys.serve.api's `api` from its creation: in a whole test run `api` has served
+    (TestClient, schemathesis' from_asgi at import) long before anything imports recsys.serve.app, and a
+    meter added only then was refused (Starlette), so replicas reported no busy and never scaled out."""
+    from recsys.serve.api import api
+
+    assert metered(api)
+    assert next(m.cls for m in api.user_middleware) is MeteredApp     # the outermost
+    started = FastAPI()
+    with TestClient(started) as client:
+        client.get("/")
+    with pytest.raises(RuntimeError, match="already serves"):        # loudly, never a silent no-meter
+        add_meter(started)
+
+
+def test_the_policy_says_so_when_replicas_never_report_busy(caplog):
+    policy = BusyPolicy(target=0.5)
+    blind = SimpleNamespace(aggregated_metrics={"running_requests": {"a": 0.0}}, target_num_replicas=1,
+                            deployment_name="recsys_api")
+    with caplog.at_level("WARNING", logger="ray.serve"):
+        for _ in range(BLIND_DECISIONS - 1):
+            assert policy(blind)[0] == 1
+        assert not caplog.records
+        for _ in range(3):
+            assert policy(blind)[0] == 1
+    assert len(caplog.records) == 1 and "no 'busy'" in caplog.records[0].getMessage()

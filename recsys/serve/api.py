@@ -18,6 +18,7 @@ from recsys.auth import ROLES, ApiKey, create_key, list_keys, revoke_key
 from recsys.auth.http import require_role
 from recsys.features.events import PRINTABLE, IntakeLimits, Text, parse_event
 from recsys.serve.admission import LoopLagAdmission
+from recsys.serve.autoscaling import add_meter
 from recsys.serve.limits import DEFAULT_MAX_BODY_BYTES, BodySizeLimit, sku_list
 from recsys.serve.request import RecRequest
 
@@ -118,7 +119,12 @@ def _admission() -> tuple[float, int] | None:
     return _recommender.admission if _recommender is not None else None
 
 
-api.add_middleware(LoopLagAdmission, limits=_admission)   # added last: the outermost, it sheds before anything parses
+api.add_middleware(LoopLagAdmission, limits=_admission)   # it sheds before anything parses
+# The autoscaling signal's meter (recsys/serve/autoscaling.py), outermost, on the app from its creation:
+# Starlette refuses middleware once an app has served a request, and this module's `api` serves in many
+# places (TestClient, schemathesis' from_asgi at a test module's import) before recsys.serve.app may be
+# imported; a meter added there would then be missing and Serve would never scale (CI, `make test`).
+add_meter(api)
 
 
 @api.exception_handler(psycopg.OperationalError)

@@ -19,7 +19,7 @@ from ray import serve
 
 from recsys.config import CONF_DIR
 from recsys.serve.api import api, set_recommender
-from recsys.serve.autoscaling import add_meter
+from recsys.serve.autoscaling import metered
 from recsys.serve.graph import GRAPH
 from recsys.serve.recommender import OverBudget
 from recsys.services.ray_head import RUNTIME_ENV
@@ -38,9 +38,10 @@ def _quiet() -> None:
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
 
 
-# The load autoscaling sees (recsys/serve/autoscaling.py), counted by a middleware that must be on the
-# app before serve.ingress takes its copy of it.
-METERED = add_meter(api)
+# The load autoscaling sees (recsys/serve/autoscaling.py) is counted by a middleware that must be on the
+# app before serve.ingress takes its copy of it: recsys/serve/api.py puts it there when it creates `api`.
+if not metered(api):
+    raise RuntimeError("recsys.serve.api.api carries no autoscaling meter (MeteredApp)")
 
 
 @serve.deployment(name="recsys_api")
@@ -66,7 +67,7 @@ class RecsysApi:
         """Serve's custom autoscaling metric: requests inside the app, averaged since the last report."""
         from recsys.serve.autoscaling import report
 
-        return report() if METERED else {}
+        return report()
 
 
 @serve.deployment

@@ -22,12 +22,14 @@ Serve applies min/max_replicas, the upscale/downscale delays and factors on top.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
 BUSY = "busy"   # the custom metric's name: max(IN_APP, CPU)
 IN_APP = "in_app"
 CPU = "cpu"
+BLIND_DECISIONS = 60   # ~30 s of the controller's decisions without `busy` before BusyPolicy warns
 
 
 class LoadMeter:
@@ -109,15 +111,23 @@ def report() -> dict[str, float]:
     return METER.read()
 
 
+def metered(app) -> bool:
+    """Whether MeteredApp is on the FastAPI `app`."""
+    return any(m.cls is MeteredApp for m in app.user_middleware)
+
+
 def add_meter(app) -> bool:
-    """MeteredApp on the FastAPI `app` (once). It must be added before `serve.ingress(app)` takes its
-    copy of the app; False when the app already serves (Starlette takes no middleware then)."""
-    if any(m.cls is MeteredApp for m in app.user_middleware):
+    """MeteredApp on the FastAPI `app` (once), outermost of the middleware added so far. It must be on
+    the app before `serve.ingress(app)` takes its copy, and before the app first serves: Starlette takes
+    no middleware after that, so recsys/serve/api.py adds it where `api` is created. An app that already
+    serves without it is an error, not a quiet False: a replica without the meter reports no `busy`,
+    and BusyPolicy then keeps the replicas where they are whatever the load."""
+    if metered(app):
         return True
     try:
         app.add_middleware(MeteredApp)
-    except RuntimeError:
-        return False
+    except RuntimeError as e:
+        raise RuntimeError(f"the autoscaling meter cannot be added to an app that already serves: {e}") from e
     return True
 
 
@@ -130,10 +140,21 @@ class BusyPolicy:
         if not 0 < float(target):
             raise ValueError("target must be positive")
         self.target = float(target)
+        self._blind = 0   # decisions in a row with replicas reporting but no busy among their metrics
 
     def __call__(self, ctx):
-        busy = (ctx.aggregated_metrics or {}).get(BUSY) or {}
+        metrics = ctx.aggregated_metrics or {}
+        busy = metrics.get(BUSY) or {}
         if not busy:
+            # Replicas that report (Serve's own count) but never `busy`, decision after decision: say so
+            # once in the controller's log, since the replicas will not change whatever the load.
+            self._blind = self._blind + 1 if metrics else 0
+            if self._blind == BLIND_DECISIONS:
+                logging.getLogger("ray.serve").warning(
+                    "BusyPolicy: the replicas of %s report %s but no %r: autoscaling holds at %s replicas "
+                    "(is the ingress metered? recsys/serve/autoscaling.py)",
+                    getattr(ctx, "deployment_name", "?"), sorted(metrics), BUSY, ctx.target_num_replicas)
             return ctx.target_num_replicas, {}
+        self._blind = 0
         return max(sum(busy.values()) / self.target, 0.0), {}
 
