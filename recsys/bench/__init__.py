@@ -7,7 +7,8 @@ fixed rate, cache hits, CPU per request by process); a soak and chaos faults und
 (the merchandising rules' cost on the slots stage, in process: needs no services), canary (a worse
 ranker's canary against simulated shoppers until the controller rolls it back; docs/release.md), nightly
 (`recsys nightly` on the running stack's world, timed), autoscale (Serve's autoscaling on a load ramp, on
-two Ray nodes of its own: recsys/bench/autoscale.py).
+two Ray nodes of its own: recsys/bench/autoscale.py), dashboard (the dashboard's queries on 1M
+impressions in a scratch database: recsys/bench/dashboard.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from recsys.bench.report import DOCS, record
 
 COMMAND = "make bench"
 PARTS = ("models", "ingest", "floor", "ann", "http", "soak", "chaos", "rules", "canary", "nightly",
-         "autoscale")
+         "autoscale", "dashboard")
 
 
 def run_bench(cfg, only: str | None = None, docs: Path = DOCS, overrides: list[str] | None = None) -> int:
@@ -36,8 +37,9 @@ def run_bench(cfg, only: str | None = None, docs: Path = DOCS, overrides: list[s
         from recsys.bench.wrk import require_wrk
 
         require_wrk()
-    # chaos brings up a stack of its own; rules runs in process on an in-memory catalog
-    url = bring_up(cfg, overrides) if wanted - {"chaos", "rules"} else None
+    # chaos brings up a stack of its own; rules runs in process on an in-memory catalog; dashboard needs
+    # only Postgres (a scratch database of its own)
+    url = bring_up(cfg, overrides) if wanted - {"chaos", "rules", "dashboard"} else None
     if "models" in wanted:  # the live models' offline metrics, as their training jobs measured them
         from recsys.bench.models import record_models
 
@@ -79,6 +81,11 @@ def run_bench(cfg, only: str | None = None, docs: Path = DOCS, overrides: list[s
 
         print("\n== autoscale: a load ramp on the application autoscaled over two Ray nodes")
         record(bench_autoscale(cfg, overrides, docs), AUTOSCALE, docs, drop_prefixes=["serve.autoscale."])
+    if "dashboard" in wanted:  # a scratch database of 1M impressions (recsys/bench/dashboard.py)
+        from recsys.bench.dashboard import COMMAND as DASHBOARD, bench_dashboard
+
+        print("\n== dashboard: the dashboard's queries on 1M impressions")
+        record(bench_dashboard(cfg), DASHBOARD, docs)
     if "nightly" in wanted:  # last: it trains for minutes (recsys/bench/nightly.py)
         from recsys.bench.nightly import COMMAND as NIGHTLY, bench_nightly
 
