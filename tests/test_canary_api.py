@@ -26,7 +26,7 @@ def setup(world):
     cfg = make_cfg("release.canary.enabled=true", *PATIENT)
     with psycopg.connect(Postgres(cfg).dsn, autocommit=True) as pg, live_restored(pg, "ranker"):
         keys = {role: {"Authorization": f"Bearer {create_key(pg, role, 'test_canary_api')[1]}"}
-                for role in ("ml", "storefront")}
+                for role in ("ml", "storefront", "viewer")}
         versions = []
         for _ in range(2):
             version = f"ranker-api-{uuid.uuid4().hex[:8]}"
@@ -47,6 +47,38 @@ def test_only_the_ml_role_sees_and_moves_the_canary(setup):
     assert client.post("/v1/admin/canary/advance", headers=keys["storefront"]).status_code == 403
     r = client.get(f"/v1/admin/models/{versions[0]}", headers=keys["ml"])
     assert r.status_code == 200 and r.json()["stage"] == "live" and r.json()["gates"]["passed"]
+
+
+def test_a_viewer_reads_the_registry_and_the_canary_and_moves_nothing(setup):
+    cfg, client, keys, versions, _ = setup
+    assert client.get("/v1/admin/canary", headers=keys["viewer"]).status_code == 200
+    assert client.get("/v1/admin/models", headers=keys["viewer"]).status_code == 200
+    assert client.post("/v1/admin/canary/advance", headers=keys["viewer"]).status_code == 403
+    assert client.post(f"/v1/admin/models/{versions[1]}/release", headers=keys["viewer"]).status_code == 403
+
+
+def test_release_by_hand_gates_the_version_then_starts_its_canary(setup):
+    from recsys.services import Postgres
+
+    cfg, client, keys, versions, recommender = setup
+    assert client.post("/v1/admin/models/no-such-version/release", headers=keys["ml"]).status_code == 404
+    assert client.post(f"/v1/admin/models/{versions[0]}/release", headers=keys["ml"]).status_code == 409   # live
+    with psycopg.connect(Postgres(cfg).dsn, autocommit=True) as pg:
+        worse = f"ranker-api-{uuid.uuid4().hex[:8]}"   # below the retrieval order it re-ranks: refused
+        registry.register(pg, worse, "ranker", "/nonexistent", {"type": "popularity"},
+                          {"lightgbm_ndcg@12": 0.05, "retrieval_order_ndcg@12": 0.1})
+        good = f"ranker-api-{uuid.uuid4().hex[:8]}"
+        registry.register(pg, good, "ranker", "/nonexistent", {"type": "popularity"},
+                          {"lightgbm_ndcg@12": 0.5, "retrieval_order_ndcg@12": 0.1})
+        r = client.post(f"/v1/admin/models/{worse}/release", headers=keys["ml"])
+        assert r.status_code == 409 and r.json()["detail"]["action"] == "rejected"
+        assert registry.get(pg, worse).stage == "rejected"
+        r = client.post(f"/v1/admin/models/{good}/release", headers=keys["ml"])
+        assert r.status_code == 200 and r.json()["action"] == "canary", r.json()
+        assert r.json()["gates"][0]["passed"] and registry.get(pg, good).stage == "canary"
+        running = canaries.running(pg)
+        assert running.candidate == {"ranker": good} and running.canary_id == r.json()["canary_id"]
+        canaries.abort(pg, running.canary_id, "test", "cleanup")
 
 
 def test_advance_and_rollback_by_hand_are_audited_and_served(setup, capsys):
