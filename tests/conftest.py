@@ -118,3 +118,20 @@ def live_restored(pg, *kinds):
                 pg.execute("UPDATE models SET stage = 'retired' WHERE kind = %s AND stage = 'live'", (kind,))
             else:
                 make_live(pg, record.version)
+
+
+@pytest.fixture
+def no_live_rules(world):
+    """No rule set live or in shadow before and after the test (one Postgres for the suite)."""
+    from recsys.rules import store
+    from recsys.services import Postgres
+
+    def retire():
+        with psycopg.connect(Postgres(world).dsn, autocommit=True) as conn:
+            for state in ("live", "shadow"):
+                current = store.in_state(conn, state)
+                if current is not None:
+                    store.archive(conn, current.version, "test:cleanup")
+    retire()
+    yield
+    retire()

@@ -49,20 +49,6 @@ def keys(world):
                 for role in ("merchandiser", "storefront", "admin")}
 
 
-@pytest.fixture
-def clean(world):
-    """Nothing live or in shadow before and after each test (one Postgres for the suite)."""
-    def retire():
-        with psycopg.connect(Postgres(world).dsn, autocommit=True) as conn:
-            for state in ("live", "shadow"):
-                current = store.in_state(conn, state)
-                if current is not None:
-                    store.archive(conn, current.version, "test:cleanup")
-    retire()
-    yield
-    retire()
-
-
 def _pin(sku: str, slot: int = 1, rid: str = "pin") -> dict:
     return {"id": rid, "kind": "pin", "label": f"pin {sku}", "surfaces": ["homepage_hero"], "sku": sku, "slot": slot}
 
@@ -118,7 +104,7 @@ def test_an_invalid_rule_set_is_refused_with_every_errors_json_path(served, keys
     assert "/v1/admin/rules/preview" in client.get("/openapi.json").json()["paths"]
 
 
-def test_publish_changes_a_rail_within_5_s_and_rollback_restores_it(served, keys, clean):
+def test_publish_changes_a_rail_within_5_s_and_rollback_restores_it(served, keys, no_live_rules):
     client = served
     user = f"pub-{uuid.uuid4().hex[:8]}"
     before, _ = _until(client, user, None, time.monotonic())   # the replica has seen the cleanup
@@ -149,7 +135,7 @@ def test_publish_changes_a_rail_within_5_s_and_rollback_restores_it(served, keys
     assert all(e["actor"].startswith("key:") and "merchandiser" in e["actor"] for e in audit[:5])
 
 
-def test_preview_puts_a_draft_beside_live(served, keys, clean):
+def test_preview_puts_a_draft_beside_live(served, keys, no_live_rules):
     client = served
     user = f"preview-{uuid.uuid4().hex[:8]}"
     live = [i["sku"] for i in _until(client, user, None, time.monotonic())[0]["items"]]
@@ -165,7 +151,7 @@ def test_preview_puts_a_draft_beside_live(served, keys, clean):
     assert got["draft"]["rules"]["pins"]["pin"]["honoured"] is True
 
 
-def test_shadow_runs_on_5_percent_of_10000_requests_and_never_changes_a_live_response(served, keys, clean, world):
+def test_shadow_runs_on_5_percent_of_10000_requests_and_never_changes_a_live_response(served, keys, no_live_rules, world):
     client = served
     users = [f"sh-{uuid.uuid4().hex[:6]}-{i}" for i in range(10_000)]
     watched = users[:300]

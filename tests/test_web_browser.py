@@ -22,7 +22,6 @@ import psycopg
 import pytest
 
 from recsys.auth import create_key
-from recsys.rules import store
 from recsys.services import Postgres
 from tests.conftest import PATIENT, STATE, free_port, make_cfg
 
@@ -182,19 +181,6 @@ def test_catalog_health_lists_a_known_zero_impression_sku_and_exports_it(page, k
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("DELETE FROM items WHERE sku = %s", (sku,))
-
-
-@pytest.fixture
-def no_live_rules(world):
-    def retire():
-        with psycopg.connect(Postgres(world).dsn, autocommit=True) as conn:
-            for state in ("live", "shadow"):
-                current = store.in_state(conn, state)
-                if current is not None:
-                    store.archive(conn, current.version, "test:cleanup")
-    retire()
-    yield
-    retire()
 
 
 def test_a_rule_with_an_error_is_shown_at_its_path_and_a_valid_one_published_changes_the_live_preview(

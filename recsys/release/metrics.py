@@ -14,20 +14,24 @@ from datetime import datetime
 
 import psycopg
 
-ARM_METRICS = """
-SELECT i.arm, count(*),
-       count(*) FILTER (WHERE e.views > 0), count(*) FILTER (WHERE e.carts > 0),
-       count(*) FILTER (WHERE e.orders > 0), coalesce(sum(e.revenue), 0)
-FROM impressions i
-LEFT JOIN (
+# Per request id, what followed from the rail (a sub-query; the dashboard's rollups use it too): `{until}`
+# is an extra bound on the events' ts ('' for none).
+ATTRIBUTED = """
     SELECT request_id,
            count(*) FILTER (WHERE type = 'product_viewed') AS views,
            count(*) FILTER (WHERE type = 'add_to_cart') AS carts,
            count(*) FILTER (WHERE type = 'purchase_completed') AS orders,
            sum(price * coalesce(quantity, 1)) FILTER (WHERE type = 'purchase_completed') AS revenue
     FROM events
-    WHERE request_id IS NOT NULL AND ts >= %(since)s
-    GROUP BY request_id) e USING (request_id)
+    WHERE request_id IS NOT NULL AND ts >= %(since)s {until}
+    GROUP BY request_id"""
+
+ARM_METRICS = """
+SELECT i.arm, count(*),
+       count(*) FILTER (WHERE e.views > 0), count(*) FILTER (WHERE e.carts > 0),
+       count(*) FILTER (WHERE e.orders > 0), coalesce(sum(e.revenue), 0)
+FROM impressions i
+LEFT JOIN (""" + ATTRIBUTED.format(until="") + """) e USING (request_id)
 WHERE i.canary_id = %(canary_id)s AND i.ts >= %(since)s AND (%(until)s::timestamptz IS NULL OR i.ts < %(until)s)
 GROUP BY i.arm
 """

@@ -5,6 +5,7 @@ signed-in user's key, so the API's role checks are the only ones that decide wha
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
@@ -53,29 +54,41 @@ def overview(request: Request, hours: float = Query(48, gt=0, le=24 * 30), sessi
                  lag=lag, fresh=fresh, hours=hours, serve_url=cfg.web.serve_url)
 
 
+@dataclass
+class ZeroFilter:
+    """The zero-impression table's filters, as the form sends them ('' = every)."""
+
+    category: str | None = None
+    brand: str | None = None
+    price_band: int | None = None
+
+    def rows(self, request: Request, conn, limit: int | None = 500) -> tuple[int, list[dict]]:
+        after_h = float(request.app.state.cfg.web.zero_impression_after_h)
+        return metrics.zero_impression_skus(conn, after_h, self.category, self.brand, self.price_band, limit=limit)
+
+
+def zero_filter(category: str = Query("", max_length=200), brand: str = Query("", max_length=200),
+                price_band: str = Query("", max_length=4)) -> ZeroFilter:
+    return ZeroFilter(category or None, brand or None, int(price_band) if price_band.isdigit() else None)
+
+
 @router.get("/dashboard/catalog")
-def catalog(request: Request, category: str | None = None, brand: str | None = None,
-            price_band: str | None = None, session: Session = Depends(signed_in)):
+def catalog(request: Request, chosen: ZeroFilter = Depends(zero_filter), session: Session = Depends(signed_in)):
     cfg = request.app.state.cfg
-    band = int(price_band) if price_band not in (None, "") else None
     with request.app.state.pool.connection() as conn:
         health = metrics.catalog_health(conn, float(cfg.web.high_margin))
-        count, rows = metrics.zero_impression_skus(conn, float(cfg.web.zero_impression_after_h), category, brand, band)
+        count, rows = chosen.rows(request, conn)
         options = metrics.filter_options(conn)
         fresh = metrics.freshness(conn)
     return _page(request, "catalog.html", session, health=health, count=count, rows=rows, options=options,
-                 chosen={"category": category or "", "brand": brand or "", "price_band": "" if band is None else band},
-                 after_h=cfg.web.zero_impression_after_h, fresh=fresh)
+                 chosen=chosen, after_h=cfg.web.zero_impression_after_h, fresh=fresh)
 
 
 @router.get("/dashboard/catalog/zero-impressions.csv")
-def zero_impressions_csv(request: Request, category: str | None = None, brand: str | None = None,
-                         price_band: str | None = None, session: Session = Depends(signed_in)):
-    cfg = request.app.state.cfg
-    band = int(price_band) if price_band not in (None, "") else None
+def zero_impressions_csv(request: Request, chosen: ZeroFilter = Depends(zero_filter),
+                         session: Session = Depends(signed_in)):
     with request.app.state.pool.connection() as conn:
-        _, rows = metrics.zero_impression_skus(conn, float(cfg.web.zero_impression_after_h), category, brand, band,
-                                               limit=None)
+        _, rows = chosen.rows(request, conn, limit=None)
     return Response(metrics.zero_impression_csv(rows), media_type="text/csv",
                     headers={"Content-Disposition": 'attachment; filename="zero-impression-skus.csv"'})
 

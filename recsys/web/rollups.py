@@ -17,6 +17,8 @@ from datetime import datetime, timedelta, timezone
 
 import psycopg
 
+from recsys.release.metrics import ATTRIBUTED
+
 log = logging.getLogger(__name__)
 
 LOCK_ID = 7_300_012   # pg_advisory_xact_lock: one refresher at a time across processes
@@ -31,15 +33,7 @@ SELECT date_trunc('hour', i.ts), i.surface, coalesce(i.arm, 'live'), count(*), s
        percentile_cont(0.5) WITHIN GROUP (ORDER BY i.latency_ms),
        percentile_cont(0.95) WITHIN GROUP (ORDER BY i.latency_ms)
 FROM impressions i
-LEFT JOIN (
-    SELECT request_id,
-           count(*) FILTER (WHERE type = 'product_viewed') AS views,
-           count(*) FILTER (WHERE type = 'add_to_cart') AS carts,
-           count(*) FILTER (WHERE type = 'purchase_completed') AS orders,
-           sum(price * coalesce(quantity, 1)) FILTER (WHERE type = 'purchase_completed') AS revenue
-    FROM events
-    WHERE request_id IS NOT NULL AND ts >= %(start)s AND ts < %(attributed_until)s
-    GROUP BY request_id) e USING (request_id)
+LEFT JOIN (""" + ATTRIBUTED.format(until="AND ts < %(attributed_until)s") + """) e USING (request_id)
 WHERE i.ts >= %(start)s AND i.ts < %(end)s
 GROUP BY 1, 2, 3
 """
@@ -105,7 +99,7 @@ def refresh(conn: psycopg.Connection, cfg, now: datetime | None = None) -> dict:
         day = start
         while day < now:   # a day at a time: a backfill of 1M impressions stays a series of small sorts
             end = min(day + timedelta(days=1), now)
-            window = {"start": day, "end": end, "attributed_until": end + timedelta(hours=float(r.recompute_h))}
+            window = {"start": day, "since": day, "end": end, "attributed_until": end + timedelta(hours=float(r.recompute_h))}
             conn.execute(TRAFFIC, window)
             conn.execute(SKU_DAY, window)
             if end > now - timedelta(hours=float(r.keep_hourly_h)):
