@@ -55,6 +55,19 @@ def _web(args, cfg) -> int:
     return serve_web(args.overrides)
 
 
+def _rollups(args, cfg) -> int:
+    import psycopg
+
+    from recsys.services import Postgres
+    from recsys.web.rollups import refresh
+
+    with psycopg.connect(Postgres(cfg).dsn, autocommit=True) as conn:
+        done = refresh(conn, cfg, full=args.full)
+    print("another process is refreshing them; try again" if done["skipped"] else
+          f"rollups from {done['from']} to {done['through']} in {done['seconds']} s")
+    return 0
+
+
 def _data(args, cfg) -> int:
     from recsys.data import load_world
 
@@ -208,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("web", help="serve the dashboard and the storefront page (foreground; make demo starts one)")
     p.set_defaults(run=_web)
+
+    p = sub.add_parser("rollups", help="recompute the dashboard's rollups now (the web process does every minute)")
+    p.add_argument("--full", action="store_true", help="from web.rollups.backfill_days back, not only recent hours")
+    p.set_defaults(run=_rollups)
 
     p = sub.add_parser("demo", help="services up, data, embeddings, consumer, serving, a load test")
     p.set_defaults(run=_demo)

@@ -148,8 +148,9 @@ def test_signing_in_takes_a_dashboard_role_and_refuses_others(page, keys):
 def test_overview_draws_its_charts_from_the_bundled_plotly(page, keys, site):
     sign_in(page, keys["viewer"])
     page.goto("/dashboard")
-    page.wait_for_selector("#chart-ctr .main-svg", timeout=15000)
-    assert page.locator(".chart .main-svg").count() >= 9
+    page.wait_for_selector("#chart-ctr-arm .main-svg", timeout=15000)
+    assert page.locator(".chart").count() == 14   # six metrics by surface and by arm, latency, events
+    page.wait_for_function("document.querySelectorAll('.chart .main-svg').length >= 14")
     assert page.locator("#totals").is_visible()
     shot(page, "dashboard-overview")
 
@@ -216,9 +217,11 @@ def test_a_rule_with_an_error_is_shown_at_its_path_and_a_valid_one_published_cha
     assert page.locator("#preview-live .card").first.get_attribute("data-sku") != pinned
     shot(page, "dashboard-rules-preview")
     page.click("#save-draft")
-    page.wait_for_selector("#rule-sets tr[data-state=draft] button.publish")
-    page.locator("#rule-sets tr[data-state=draft] button.publish").first.click()
-    page.wait_for_selector("#rule-sets tr[data-state=live]")
+    page.wait_for_function("document.getElementById('rule-status').dataset.version")
+    version = page.locator("#rule-status").get_attribute("data-version")
+    page.wait_for_selector(f"#rule-sets tr[data-version='{version}'][data-state=draft] button.publish")   # reloaded
+    page.click(f"#rule-sets tr[data-version='{version}'] button.publish")
+    page.wait_for_selector(f"#rule-sets tr[data-version='{version}'][data-state=live]")
     published = time.monotonic()
     assert "publish" in page.locator("#audit").inner_text()
 

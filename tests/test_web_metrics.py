@@ -41,7 +41,8 @@ def _events(pg, rows: list[tuple]) -> None:
 def test_traffic_rollup_attributes_events_by_request_id_per_surface_and_arm(world, pg, own_rows):
     tag = own_rows
     skus = [r[0] for r in pg.execute("SELECT sku FROM items ORDER BY sku LIMIT 3")]
-    at = (datetime.now(timezone.utc) - timedelta(days=3)).replace(minute=10, second=0, microsecond=0)
+    # within the hours a refresh recomputes (recent traffic), all in one hour
+    at = (datetime.now(timezone.utc) - timedelta(hours=2)).replace(minute=10, second=0, microsecond=0)
     imp = lambda rid, arm, shown, ms: {"request_id": f"{tag}-{rid}", "ts": at.timestamp(), "surface": SURFACE,
                                        "user_id": "u1", "skus": shown, "sources": ["t"] * len(shown),
                                        "arm": arm, "latency_ms": ms}
@@ -72,6 +73,21 @@ def test_traffic_rollup_attributes_events_by_request_id_per_surface_and_arm(worl
     assert point["revenue_per_impression"] == pytest.approx(200 / 3)
     totals = metrics.totals(pg, 24 * 7)
     assert totals[f"surface:{SURFACE}"]["add_to_cart_rate"] == pytest.approx(1 / 3)
+
+
+def test_backdated_traffic_counts_after_a_full_refresh_only(world, pg, own_rows):
+    from recsys.cli import main
+    from tests.conftest import TEST_OVERRIDES
+
+    refresh(pg, world)   # the rollups are up to date: a refresh recomputes recent hours only
+    at = datetime.now(timezone.utc) - timedelta(days=4)
+    write_impressions(pg, [{"request_id": f"{own_rows}-old", "ts": at.timestamp(), "surface": SURFACE,
+                            "skus": ["x"], "sources": ["t"], "arm": "live"}])
+    count = "SELECT coalesce(sum(requests), 0) FROM rollup_traffic WHERE surface = %s"
+    refresh(pg, world)
+    assert pg.execute(count, (SURFACE,)).fetchone()[0] == 0
+    assert main(["rollups", "--full", *TEST_OVERRIDES]) == 0
+    assert pg.execute(count, (SURFACE,)).fetchone()[0] == 1
 
 
 def test_zero_impression_skus_wait_72_hours_after_listing_and_filter(world, pg, own_rows):

@@ -5,7 +5,8 @@ SKU and day (and hour, for the last 24 h); events per minute; the popularity hea
 `refresh` recomputes the recent window, `[through - recompute_h, now)`, from scratch: deleting and
 re-inserting those buckets makes it idempotent, and events attributed to an impression up to
 `recompute_h` after it are counted (later ones are not: a rail's effect is over by then). The first
-refresh of an empty database starts `backfill_days` back, one day at a time. The web process runs it
+refresh of an empty database starts `backfill_days` back, one day at a time, as does `recsys rollups
+--full` (for impressions written with older timestamps: a backfill, a simulation on a past clock). The web process runs it
 every `refresh_s` under an advisory lock, so two web processes never do the work twice.
 """
 
@@ -76,9 +77,10 @@ def _day_start(t: datetime) -> datetime:
     return t.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
-def refresh(conn: psycopg.Connection, cfg, now: datetime | None = None) -> dict:
-    """Recompute the rollups' recent window (all of it the first time); what was done, with timings.
-    Returns {"skipped": True} when another process holds the refresh."""
+def refresh(conn: psycopg.Connection, cfg, now: datetime | None = None, full: bool = False) -> dict:
+    """Recompute the rollups' recent window (all of it the first time, or with `full`: traffic written
+    with older timestamps, a backfill or a simulation on a past clock, is counted only then); what was
+    done, with timings. Returns {"skipped": True} when another process holds the refresh."""
     import time
 
     r = cfg.web.rollups
@@ -88,7 +90,7 @@ def refresh(conn: psycopg.Connection, cfg, now: datetime | None = None) -> dict:
         if not conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (LOCK_ID,)).fetchone()[0]:
             return {"skipped": True}
         row = conn.execute("SELECT through FROM rollup_state WHERE name = %s", (NAME,)).fetchone()
-        through = row[0] if row else now - timedelta(days=float(r.backfill_days))
+        through = row[0] if row and not full else now - timedelta(days=float(r.backfill_days))
         # whole days for the daily SKU table, whole hours for the hourly ones
         start = _day_start(min(through, now) - timedelta(hours=float(r.recompute_h)))
         conn.execute("DELETE FROM rollup_traffic WHERE hour >= %s", (start,))

@@ -87,7 +87,11 @@ function rulesPage() {
     const doc = ruleDocument();
     if (doc === null) return;
     const r = await call("POST", "/dashboard/api/admin/rules", doc);
-    if (r.ok) { status.textContent = "saved as draft " + r.data.label; setTimeout(() => location.reload(), 600); }
+    if (r.ok) {
+      status.textContent = "saved as draft " + r.data.label;
+      status.dataset.version = r.data.version;
+      setTimeout(() => location.reload(), 600);
+    }
     else showErrors(r);
   });
   const preview = document.getElementById("preview");
@@ -114,14 +118,20 @@ function overviewCharts() {
                                        yaxis: {tickformat: yformat || ""}, legend: {orientation: "h", y: -0.2}});
   const lines = (series, field) => Object.entries(series).map(([name, points]) => ({
     name, type: "scatter", mode: "lines+markers", x: points.map(p => p.hour), y: points.map(p => p[field])}));
-  const plot = (id, traces, title, fmt) => Plotly.newPlot(id, traces, layout(title, fmt), {displayModeBar: false, responsive: true});
-  plot("chart-requests", lines(data.by_surface, "requests"), "requests per hour, by surface");
-  plot("chart-ctr", lines(data.by_surface, "ctr"), "CTR by surface", ".1%");
-  plot("chart-add_to_cart_rate", lines(data.by_surface, "add_to_cart_rate"), "add-to-cart rate by surface", ".1%");
-  plot("chart-conversion", lines(data.by_surface, "conversion"), "conversion by surface", ".2%");
-  plot("chart-aov", lines(data.by_surface, "aov"), "AOV (€) by surface");
-  plot("chart-revenue_per_impression", lines(data.by_surface, "revenue_per_impression"), "revenue per impression (€) by surface");
-  plot("chart-arm-ctr", lines(data.by_arm, "ctr"), "CTR by arm (live, or control and canary)", ".1%");
+  const plot = (id, traces, title, fmt) => {
+    const l = layout(title, fmt);
+    if (!traces.some(t => t.x.length)) {   // say so instead of drawing empty axes
+      l.annotations = [{text: "no traffic in this window yet", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5}];
+      l.xaxis = {visible: false}; l.yaxis = {visible: false};
+    }
+    Plotly.newPlot(id, traces, l, {displayModeBar: false, responsive: true});
+  };
+  const metrics = {requests: ["requests per hour", ""], ctr: ["CTR", ".1%"], add_to_cart_rate: ["add-to-cart rate", ".1%"],
+                   conversion: ["conversion", ".2%"], aov: ["AOV (€)", ""], revenue_per_impression: ["revenue per impression (€)", ""]};
+  Object.entries(metrics).forEach(([field, [title, fmt]]) => {
+    plot("chart-" + field + "-surface", lines(data.by_surface, field), title + " by surface", fmt);
+    plot("chart-" + field + "-arm", lines(data.by_arm, field), title + " by arm (live, or control and canary)", fmt);
+  });
   const latency = [];
   Object.entries(data.by_surface).forEach(([name, points]) => {
     latency.push({name: name + " p50", type: "scatter", mode: "lines", x: points.map(p => p.hour), y: points.map(p => p.latency_p50)});
