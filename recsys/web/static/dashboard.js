@@ -134,12 +134,12 @@ function overviewCharts() {
   });
   const latency = [];
   Object.entries(data.by_surface).forEach(([name, points]) => {
-    latency.push({name: name + " p50", type: "scatter", mode: "lines", x: points.map(p => p.hour), y: points.map(p => p.latency_p50)});
-    latency.push({name: name + " p95", type: "scatter", mode: "lines", line: {dash: "dot"}, x: points.map(p => p.hour), y: points.map(p => p.latency_p95)});
+    latency.push({name: name + " p50", type: "scatter", mode: "lines+markers", x: points.map(p => p.hour), y: points.map(p => p.latency_p50)});
+    latency.push({name: name + " p95", type: "scatter", mode: "lines+markers", line: {dash: "dot"}, x: points.map(p => p.hour), y: points.map(p => p.latency_p95)});
   });
   plot("chart-latency", latency, "serving latency (ms), p50 and p95");
   const byType = {};
   data.events.forEach(e => { (byType[e.type] = byType[e.type] || {x: [], y: []}); byType[e.type].x.push(e.minute); byType[e.type].y.push(e.per_s); });
-  plot("chart-events", Object.entries(byType).map(([name, s]) => ({name, type: "scatter", mode: "lines", x: s.x, y: s.y})),
+  plot("chart-events", Object.entries(byType).map(([name, s]) => ({name, type: "scatter", mode: "lines+markers", x: s.x, y: s.y})),
        "events per second (last hour)");
 }
