@@ -50,6 +50,7 @@ function card(c) {
   p.append(el("span", {"class": "band band-" + c.margin_band}, c.margin_band + " margin"));
   d.append(p);
   d.append(el("div", {"class": "why"}, c.source + (c.reasons.length ? ": " + c.reasons.join("; ") : "")));
+  if (c.rules.length) d.append(el("div", {"class": "why rules"}, "rules: " + c.rules.join("; ")));
   d.append(el("div", {"class": "sku"}, c.sku));
   return d;
 }
