@@ -68,6 +68,18 @@ def _rollups(args, cfg) -> int:
     return 0
 
 
+def _sim(args, cfg) -> int:
+    from recsys.sim.ab import COMMAND, figures, report, run_ab
+
+    result = run_ab(cfg, args.seeds)
+    print(report(result, str(cfg.sim.baseline)))
+    if args.record:
+        from recsys.bench.report import record
+
+        record(figures(result, str(cfg.sim.baseline)), COMMAND)
+    return 0
+
+
 def _data(args, cfg) -> int:
     from recsys.data import load_world
 
@@ -225,6 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("rollups", help="recompute the dashboard's rollups now (the web process does every minute)")
     p.add_argument("--full", action="store_true", help="from web.rollups.backfill_days back, not only recent hours")
     p.set_defaults(run=_rollups)
+
+    p = sub.add_parser("sim", help="the simulated A/B test: ab (arms in conf/sim/ab.yaml; docs/simulation.md)")
+    p.add_argument("experiment", choices=["ab"])
+    p.add_argument("--seeds", type=int, default=None, help="runs (default sim.seeds)")
+    p.add_argument("--record", action="store_true", help="write the figures to docs/benchmarks.*")
+    p.set_defaults(run=_sim)
 
     p = sub.add_parser("demo", help="services up, data, embeddings, consumer, serving, a load test")
     p.set_defaults(run=_demo)

@@ -37,10 +37,16 @@ class Arm:
         return "+".join(self.models[k] for k in sorted(self.models))
 
 
-def in_canary(salt: str, share: float, user_id: str | None, session_id: str | None, request_id: str) -> bool:
+def unit_hash(salt: str, user_id: str | None, session_id: str | None = None, request_id: str = "") -> float:
+    """A number in [0, 1) from a keyed hash of the user (of the session for anonymous traffic, else the
+    request) under `salt`: the same on every replica and every request. Arms are ranges of it."""
     who = (user_id and f"u:{user_id}") or (session_id and f"s:{session_id}") or f"r:{request_id}"
     digest = hashlib.blake2b(who.encode(), key=salt.encode()[:64], digest_size=8).digest()
-    return int.from_bytes(digest, "big") < share * 2 ** 64
+    return int.from_bytes(digest, "big") / 2 ** 64
+
+
+def in_canary(salt: str, share: float, user_id: str | None, session_id: str | None, request_id: str) -> bool:
+    return unit_hash(salt, user_id, session_id, request_id) < share
 
 
 class ReleaseBook:

@@ -128,6 +128,16 @@ class ShopperWorld:
         return self._frame(ev, sessions[ev["session"]],
                            np.where(ev["type"] == 2, orders[ev["session"]], None), rng)
 
+    def visits(self, days: float, start: datetime, seed: int) -> list[tuple[str, datetime]]:
+        """Visit start times of every shopper in [start, start + days), in time order, with the
+        history's rates and seasonality (drawn from `seed`): when each shopper comes to the store."""
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, 3, seed]))
+        end_ns = pd.Timestamp(start).as_unit("ns").value + int(days * 86400) * SECOND
+        users, starts = self._session_starts(int(np.ceil(days)), end_ns, rng)
+        order = np.argsort(starts, kind="stable")
+        return [(str(self._user_ids[u]), pd.Timestamp(t, tz="UTC").to_pydatetime())
+                for u, t in zip(users[order], starts[order])]
+
     def respond(self, user_id: str, slate: list[str], ts: datetime, rng_seed: int | None = None,
                 surface: str | None = None, request_id: str | None = None,
                 session_id: str | None = None) -> list[dict]:

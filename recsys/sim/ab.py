@@ -1,0 +1,335 @@
+"""The simulated A/B test (`recsys sim ab`): the platform against static bestseller rails.
+
+The synthetic world's shoppers (recsys/sim/shoppers.py, after their history) come back to the store for
+`sim.days` days at the history's rates. Each shopper is in one arm for the whole run, by a salted hash of
+their id (`unit_hash`, the canary's assignment). A visit is a walk through the three surfaces:
+
+    home (homepage_hero) -> the first product viewed from it (pdp_fbt) -> if something was added to the
+    cart, the cart (cart_upsell)
+
+Each rail comes from the arm's policy: `bestsellers` (the best sellers minus what is on the page or in
+the cart) or `served` (the real Recommender, in process, with the arm's rule set or none). The shopper's
+answer to each rail is `ShopperWorld.respond` — position bias, hidden tastes, price sensitivity, the
+accessory needs a device purchase creates — which sees the slate and never the arm. Its events are
+validated as the API validates them and applied to the online features as the consumer applies them,
+under a Redis key prefix of the run's own, so session features and the response cache's invalidation
+behave as in production; they do not go into the offline event log (a simulated future must not train
+the models) and the Recommender's impressions are counted here, not logged.
+
+Outcomes per arm and seed (`ArmTally.summary`), then lifts against the baseline arm with 95% intervals
+over seeds (`lifts`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+
+from recsys.features.events import IntakeLimits, parse_event
+from recsys.release.arms import unit_hash
+from recsys.serve.request import RecRequest
+
+log = logging.getLogger(__name__)
+
+
+def assign(salt: str, user_id: str, arms: list[str]) -> str:
+    """The arm of a shopper: equal shares of the hash's unit interval, stable for the whole run."""
+    return arms[min(int(unit_hash(salt, user_id) * len(arms)), len(arms) - 1)]
+
+
+@dataclass
+class ArmTally:
+    """What one arm's rails and shoppers did in one run."""
+
+    sessions: int = 0
+    rails: int = 0                 # rails shown (impressions)
+    clicked: int = 0               # rails with at least one product viewed from them
+    slots: int = 0
+    long_tail_slots: int = 0
+    high_margin_slots: int = 0     # accessories and parts at web.high_margin or more
+    converted: int = 0             # sessions with a purchase
+    revenue: float = 0.0
+    margin: float = 0.0
+    shown: set = field(default_factory=set)
+    shown_late: set = field(default_factory=set)   # shown after zero_impression_after_h into the run
+
+    def summary(self, n_items: int) -> dict[str, float]:
+        s, r = max(self.sessions, 1), max(self.rails, 1)
+        return {"sessions": self.sessions, "ctr": self.clicked / r, "conversion": self.converted / s,
+                "aov": self.revenue / self.converted if self.converted else 0.0,
+                "revenue_per_session": self.revenue / s, "margin_per_session": self.margin / s,
+                "long_tail_share": self.long_tail_slots / max(self.slots, 1),
+                "high_margin_share": self.high_margin_slots / max(self.slots, 1),
+                "coverage": len(self.shown) / n_items, "zero_impression_skus": n_items - len(self.shown_late)}
+
+
+class BestsellerRails:
+    """The before: one static list of best sellers for everyone, minus the page's and the cart's SKUs."""
+
+    def __init__(self, bestsellers: list[str]):
+        self.bestsellers = bestsellers
+
+    def rail(self, req: RecRequest) -> list[str]:
+        context = set(req.context_skus)
+        return [s for s in self.bestsellers if s not in context][: req.k]
+
+
+class ServedRails:
+    """The real serving code in process: features, retrieval, the ranker, rules and MMR, 12 slots."""
+
+    def __init__(self, recommender):
+        self.recommender = recommender
+
+    def rail(self, req: RecRequest) -> list[str]:
+        return [i["sku"] for i in self.recommender.recommend(req)["items"]]
+
+
+class Catalog:
+    """What the tallies need per SKU: index, price, margin, long tail, high-margin accessory."""
+
+    def __init__(self, conn, cfg):
+        rows = conn.execute("SELECT sku, category, kind, price, margin FROM items ORDER BY sku").fetchall()
+        self.skus = [r[0] for r in rows]
+        self.category_of = {r[0]: r[1] for r in rows}
+        self.margin = {r[0]: float(r[4] or 0.0) for r in rows}
+        high = float(cfg.web.high_margin)
+        self.high_margin = {r[0] for r in rows if r[2] in ("accessory", "part") and (r[4] or 0) >= high}
+        views = dict(conn.execute("SELECT sku, count(*) FROM events WHERE type = 'product_viewed' "
+                                  "GROUP BY sku").fetchall())
+        from recsys.train.metrics import long_tail_mask
+
+        tail = long_tail_mask(np.array([views.get(s, 0) for s in self.skus]), float(cfg.web.head_share))
+        self.long_tail = {s for s, t in zip(self.skus, tail) if t}
+
+
+def _events(raw: list[dict], limits: IntakeLimits) -> list:
+    out = []
+    for e in raw:
+        event, reason = parse_event({**e, "ts": e["ts"].isoformat()}, limits)
+        if event is None:
+            raise ValueError(f"the simulator produced an invalid event ({reason}): {e}")
+        out.append(event)
+    return out
+
+
+class Run:
+    """One seed: every visit of the window, each arm's rails, the shoppers' answers, the tallies."""
+
+    def __init__(self, cfg, world, policies: dict, store, catalog: Catalog, seed: int, start: datetime):
+        self.cfg, self.world, self.policies, self.store, self.catalog = cfg, world, policies, store, catalog
+        self.seed, self.start = seed, start
+        self.arms = list(policies)
+        self.tallies = {arm: ArmTally() for arm in self.arms}
+        self.limits = IntakeLimits(max_age=timedelta(days=3650),
+                                   max_clock_skew=timedelta(days=float(cfg.sim.days) + 2))   # the run's clock
+        self.late = start + timedelta(hours=float(cfg.sim.zero_impression_after_h))
+        self.pending: list = []
+
+    def _show(self, arm: str, req: RecRequest, at: datetime) -> tuple[list[str], list[dict]]:
+        skus = self.policies[arm].rail(req)
+        t = self.tallies[arm]
+        t.rails += 1
+        t.slots += len(skus)
+        t.long_tail_slots += sum(s in self.catalog.long_tail for s in skus)
+        t.high_margin_slots += sum(s in self.catalog.high_margin for s in skus)
+        t.shown.update(skus)
+        if at >= self.late:
+            t.shown_late.update(skus)
+        events = self.world.respond(req.user_id, skus, at, rng_seed=self._rng.integers(2**31), surface=req.surface,
+                                    request_id=req.request_id, session_id=req.session_id)
+        if any(e["type"] == "product_viewed" for e in events):
+            t.clicked += 1
+        for e in events:
+            if e["type"] == "purchase_completed":
+                t.revenue += e["price"] * e["quantity"]
+                t.margin += e["price"] * e["quantity"] * self.catalog.margin.get(e["sku"], 0.0)
+        self.pending += _events(events, self.limits)
+        return skus, events
+
+    def visit(self, user: str, at: datetime, n: int) -> None:
+        arm = assign(str(self.cfg.sim.salt), user, self.arms)
+        t = self.tallies[arm]
+        t.sessions += 1
+        session = f"ab{self.seed}-{n}"
+        base = {"user_id": user, "session_id": session, "ts": at.timestamp()}
+        _, events = self._show(arm, RecRequest(surface="homepage_hero", **base), at)
+        viewed = [e for e in events if e["type"] == "product_viewed"]
+        orders = {e["order_id"] for e in events if e["type"] == "purchase_completed"}
+        if viewed:
+            at = viewed[0]["ts"].to_pydatetime()
+            _, events = self._show(arm, RecRequest(surface="pdp_fbt", skus=[viewed[0]["sku"]], **{**base, "ts": at.timestamp()}), at)
+            orders |= {e["order_id"] for e in events if e["type"] == "purchase_completed"}
+            cart = list(dict.fromkeys(e["sku"] for e in events if e["type"] == "add_to_cart"))
+            if cart:
+                at = max(e["ts"] for e in events).to_pydatetime()
+                _, events = self._show(arm, RecRequest(surface="cart_upsell", cart=cart, **{**base, "ts": at.timestamp()}), at)
+                orders |= {e["order_id"] for e in events if e["type"] == "purchase_completed"}
+        if orders:
+            t.converted += 1
+
+    def flush(self) -> None:
+        """The events so far into the online features, as the consumer's feature stage applies them."""
+        if self.pending:
+            self.store.apply(self.pending, self.catalog.category_of)
+            self.pending = []
+
+    def run(self) -> dict[str, ArmTally]:
+        self._rng = np.random.default_rng(np.random.SeedSequence([int(self.cfg.seed), 4, self.seed]))
+        visits = self.world.visits(float(self.cfg.sim.days), self.start, self.seed)
+        every = int(self.cfg.sim.flush_every)
+        for n, (user, at) in enumerate(visits):
+            self.visit(user, at, n)
+            if n % every == every - 1:
+                self.flush()
+        self.flush()
+        return self.tallies
+
+
+def lifts(summaries: list[dict[str, dict]], baseline: str, metric: str) -> dict[str, dict]:
+    """Per arm: the mean over seeds of (arm / baseline - 1) for `metric`, with a 95% t interval."""
+    from scipy import stats
+
+    out = {}
+    for arm in summaries[0]:
+        if arm == baseline:
+            continue
+        values = np.array([s[arm][metric] / s[baseline][metric] - 1 if s[baseline][metric] else np.nan
+                           for s in summaries])
+        values = values[~np.isnan(values)]
+        mean = float(values.mean()) if len(values) else float("nan")
+        half = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))) \
+            if len(values) > 1 else float("nan")
+        out[arm] = {"mean": mean, "low": mean - half, "high": mean + half, "seeds": len(values)}
+    return out
+
+
+def build_policies(cfg, sim_cfg) -> dict:
+    """{arm name: rails} from `sim.arms`: one Recommender per served arm, its rule set fixed."""
+    import json
+    from pathlib import Path
+
+    from recsys.rules.engine import CompiledRuleSet
+    from recsys.rules.filters import ItemTable
+    from recsys.rules.schema import validate
+    from recsys.serve.recommender import Recommender
+
+    policies, bestsellers = {}, None
+    for arm in sim_cfg.arms:
+        if arm.policy == "bestsellers":
+            policies[arm.name] = arm
+            continue
+        recommender = Recommender(cfg)
+        res = recommender.res
+        res.refresh(wait=True)
+        res.writes.impression = lambda impression: None   # counted by the run; never the live log
+        rules = None
+        if arm.get("rules"):
+            ruleset, errors = validate(json.loads(Path(arm.rules).read_text()), list(cfg.surfaces))
+            if errors:
+                raise ValueError(f"sim arm {arm.name}: invalid rule set {arm.rules}: {errors}")
+            popularity = [s for s, _ in res.bestsellers]
+            rules = CompiledRuleSet(f"sim-{arm.name}", ruleset, ItemTable(res.catalog, time.time()), popularity)
+        res.rules.poll = lambda *args, **kwargs: False     # the arm's rule set stays, whatever is live
+        res.rules.live, res.rules.shadow = rules, None
+        policies[arm.name] = ServedRails(recommender)
+        bestsellers = bestsellers or [s for s, _ in res.bestsellers]
+    for arm in sim_cfg.arms:
+        if arm.policy == "bestsellers":
+            policies[arm.name] = BestsellerRails(bestsellers or [])
+    return policies
+
+
+def run_ab(cfg, seeds: int | None = None) -> dict:
+    """Every seed of the experiment; the per-seed summaries and the lifts against the baseline."""
+    import psycopg
+
+    from omegaconf import OmegaConf
+
+    from recsys.data import history_end
+    from recsys.features.online_store import OnlineStore
+    from recsys.services import Postgres
+
+    sim = cfg.sim
+    seeds = int(seeds or sim.seeds)
+    prefix = f"{cfg.services.redis.key_prefix}sim-ab:"
+    run_cfg = OmegaConf.merge(cfg, {"services": {"redis": {"key_prefix": prefix}}})
+    with psycopg.connect(Postgres(cfg).dsn, autocommit=True) as conn:
+        catalog = Catalog(conn, cfg)
+    store = OnlineStore.from_config(run_cfg)
+    summaries, started = [], time.monotonic()
+    try:
+        for seed in range(seeds):
+            t0 = time.monotonic()
+            _, world = _world(cfg)   # the shoppers as their history left them (each seed starts the same)
+            _rebuild(run_cfg, store)
+            policies = build_policies(run_cfg, sim)
+            start = history_end(cfg.data.end)
+            tallies = Run(run_cfg, world, policies, store, catalog, seed, start).run()
+            summaries.append({arm: t.summary(len(catalog.skus)) for arm, t in tallies.items()})
+            log.info("seed %d: %.0f s", seed, time.monotonic() - t0)
+    finally:
+        store.delete_all()
+    baseline = str(sim.baseline)
+    metrics = ("conversion", "aov", "ctr", "revenue_per_session", "margin_per_session")
+    return {"seeds": summaries, "seconds": time.monotonic() - started,
+            "lifts": {m: lifts(summaries, baseline, m) for m in metrics}}
+
+
+def _world(cfg):
+    """The configured synthetic world after its history (the shoppers own what they bought in it)."""
+    from recsys.data import history_end
+    from recsys.sim.catalog import generate_catalog
+    from recsys.sim.shoppers import ShopperWorld
+
+    d = cfg.data
+    catalog = generate_catalog(n_skus=int(d.n_skus), seed=int(cfg.seed))
+    world = ShopperWorld(catalog, n_users=int(d.n_users), seed=int(cfg.seed))
+    world.history(days=int(d.days), end=history_end(d.end))
+    return catalog, world
+
+
+def _rebuild(cfg, store) -> None:
+    """The run's online features: the event log replayed under the run's Redis prefix."""
+    import psycopg
+
+    from recsys.data import rebuild_online_features
+    from recsys.services import Postgres
+
+    store.delete_all()
+    with psycopg.connect(Postgres(cfg).dsn, autocommit=True) as conn:
+        rebuild_online_features(cfg, conn, store)
+
+
+COMMAND = "recsys sim ab --record"
+REPORTED = ("conversion", "aov")   # lifts written to docs/benchmarks.json, with their intervals
+
+
+def figures(result: dict, baseline: str) -> dict[str, tuple[float, str]]:
+    """docs/benchmarks.json entries: per arm, the lifts (mean, 95% low and high) and the means over
+    seeds of the long-tail share and the coverage; the run's seconds per seed."""
+    out = {}
+    for metric in REPORTED:
+        for arm, lift in result["lifts"][metric].items():
+            for k in ("mean", "low", "high"):
+                out[f"sim.ab.{arm}.{metric}_lift" + ("" if k == "mean" else f".{k}")] = (lift[k], "ratio - 1")
+    for arm in result["seeds"][0]:
+        for metric in ("long_tail_share", "coverage", "conversion", "aov"):
+            out[f"sim.ab.{arm}.{metric}"] = (float(np.mean([s[arm][metric] for s in result["seeds"]])), "mean over seeds")
+    out["sim.ab.seconds"] = (result["seconds"] / len(result["seeds"]), "s per seed")
+    return out
+
+
+def report(result: dict, baseline: str) -> str:
+    lines = [f"{len(result['seeds'])} seeds, {result['seconds']:.0f} s"]
+    for arm in result["seeds"][0]:
+        mean = {m: float(np.mean([s[arm][m] for s in result["seeds"]])) for m in result["seeds"][0][arm]}
+        lines.append(f"  {arm:<20} " + ", ".join(f"{m} {v:.4g}" for m, v in mean.items()))
+    for metric, per_arm in result["lifts"].items():
+        for arm, l in per_arm.items():
+            lines.append(f"  lift {metric:<20} {arm:<20} {l['mean']:+.1%}  [{l['low']:+.1%}, {l['high']:+.1%}] vs {baseline}")
+    return "\n".join(lines)
