@@ -9,10 +9,10 @@ rebuilt when the catalog snapshot changes, and hourly (an item's age moves on).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 
+from recsys.release.arms import unit_hash
 from recsys.rules import store
 from recsys.rules.engine import CompiledRuleSet
 from recsys.rules.filters import ItemTable
@@ -27,7 +27,7 @@ class RuleBook:
         r = cfg.rules
         self.poll_s = float(r.poll_s)
         self.share = float(r.shadow.share)
-        self.salt = str(r.shadow.salt).encode()
+        self.salt = str(r.shadow.salt)
         self.live: CompiledRuleSet | None = None
         self.shadow: CompiledRuleSet | None = None
         self._states: dict[str, int] = {}
@@ -43,9 +43,7 @@ class RuleBook:
     def sampled(self, user_id: str | None, session_id: str | None, request_id: str) -> bool:
         """Whether the shadow set runs for this request: a deterministic `rules.shadow.share` of
         users (of sessions for anonymous traffic; of requests without either)."""
-        who = (user_id and f"u:{user_id}") or (session_id and f"s:{session_id}") or f"r:{request_id}"
-        digest = hashlib.blake2b(who.encode(), key=self.salt, digest_size=8).digest()
-        return int.from_bytes(digest, "big") < self.share * 2 ** 64
+        return unit_hash(self.salt, user_id, session_id, request_id) < self.share
 
     def poll(self, conn, catalog, popularity: list[str]) -> bool:
         """Read the live and shadow versions; recompile what changed. True when something did."""
