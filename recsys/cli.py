@@ -73,10 +73,16 @@ def _sim(args, cfg) -> int:
 
     result = run_ab(cfg, args.seeds)
     print(report(result, str(cfg.sim.baseline)))
-    if args.record:
-        from recsys.bench.report import record
+    if args.record:   # the figures, the per-seed outcomes and the plots, into docs/
+        import json
+
+        from recsys.bench.report import DOCS, record
+        from recsys.sim.plots import plot_lifts, plot_shares
 
         record(figures(result, str(cfg.sim.baseline)), COMMAND)
+        (DOCS / "sim-ab.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
+        print(f"written: {plot_lifts(result, str(cfg.sim.baseline), DOCS / 'sim-ab-lifts.png')}, "
+              f"{plot_shares(result, DOCS / 'sim-ab-shares.png')}, {DOCS / 'sim-ab.json'}")
     return 0
 
 

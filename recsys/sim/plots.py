@@ -1,0 +1,68 @@
+"""PNG plots of a simulated A/B result (`recsys sim ab --record`): the lifts against the baseline with
+their 95% intervals beside the case study's claims, and each arm's catalog shares."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+CLAIMS = {"conversion": 0.24, "aov": 0.18}   # the case study's +24% conversion and +18% AOV
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_lifts(result: dict, baseline: str, path: Path) -> Path:
+    """One panel per metric: each arm's mean lift over seeds with its 95% interval; dashed, the claim."""
+    plt = _pyplot()
+    metrics = list(result["lifts"])
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 2.8), sharey=True)
+    for ax, metric in zip(np.atleast_1d(axes), metrics):
+        arms = list(result["lifts"][metric])
+        means = np.array([result["lifts"][metric][a]["mean"] for a in arms]) * 100
+        lows = np.array([result["lifts"][metric][a]["low"] for a in arms]) * 100
+        highs = np.array([result["lifts"][metric][a]["high"] for a in arms]) * 100
+        ax.errorbar(means, range(len(arms)), xerr=[means - lows, highs - means], fmt="o", capsize=4)
+        ax.axvline(0, color="grey", lw=0.8)
+        if metric in CLAIMS:
+            ax.axvline(CLAIMS[metric] * 100, color="tab:red", ls="--", lw=1, label=f"claim +{CLAIMS[metric]:.0%}")
+            ax.legend(fontsize=7, loc="lower right")
+        ax.set_yticks(range(len(arms)), arms)
+        ax.set_ylim(-0.5, len(arms) - 0.5)
+        ax.set_title(metric.replace("_", " "), fontsize=9)
+        ax.set_xlabel(f"lift vs {baseline} (%)", fontsize=8)
+    fig.suptitle(f"Simulated A/B: lifts with 95% intervals over {len(result['seeds'])} seeds", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_shares(result: dict, path: Path) -> Path:
+    """Per arm: long-tail share of slots, high-margin accessories' share, catalog coverage (mean over
+    seeds, the bars' whiskers the seeds' range)."""
+    plt = _pyplot()
+    arms = list(result["seeds"][0])
+    metrics = ("long_tail_share", "high_margin_share", "coverage")
+    fig, ax = plt.subplots(figsize=(7.5, 3))
+    width = 0.8 / len(arms)
+    for i, arm in enumerate(arms):
+        values = np.array([[s[arm][m] for m in metrics] for s in result["seeds"]]) * 100
+        mean = values.mean(0)
+        ax.bar(np.arange(len(metrics)) + i * width, mean, width, label=arm,
+               yerr=[mean - values.min(0), values.max(0) - mean], capsize=3)
+    ax.set_xticks(np.arange(len(metrics)) + width * (len(arms) - 1) / 2, [m.replace("_", " ") for m in metrics])
+    ax.set_ylabel("% of slots (coverage: of SKUs)")
+    ax.legend(fontsize=8)
+    ax.set_title("Simulated A/B: where the slots went", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
