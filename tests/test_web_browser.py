@@ -249,6 +249,18 @@ def test_models_page_shows_the_registry_and_the_canary_and_only_ml_may_act(page,
     assert page.locator("#registry button").count() == 0 and page.locator("#advance").count() == 0
 
 
+def test_experiments_page_shows_the_simulated_ab_test(page, keys, site):
+    sign_in(page, keys["viewer"])
+    page.goto("/dashboard/experiments")
+    result = json.loads((Path(site[1].web.experiments_dir) / "sim-ab.json").read_text())   # docs/, committed
+    rows = page.locator("#lifts tr").count() - 1
+    assert rows == sum(len(arms) for arms in result["lifts"].values())
+    assert "personalized" in page.locator("#arm-means").inner_text()
+    assert page.locator("img").count() == 2
+    assert page.evaluate("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+    shot(page, "dashboard-experiments")
+
+
 def _hero(page) -> list[str]:
     return page.locator("#hero .card").evaluate_all("cs => cs.map(c => c.dataset.sku)")
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from recsys.web import metrics
@@ -139,6 +139,36 @@ def preview(request: Request, user_id: str = "", sku: str = "", cart: str = "",
                 errors[surface] = str(exc)
     return _page(request, "preview.html", session, rails=rails, errors=errors,
                  ask={"user_id": user_id, "sku": sku, "cart": cart})
+
+
+EXPERIMENT_PLOTS = ("sim-ab-lifts.png", "sim-ab-shares.png")
+
+
+@router.get("/dashboard/experiments")
+def experiments(request: Request, session: Session = Depends(signed_in)):
+    """The last simulated A/B test (`recsys sim ab --record`): lifts with intervals, per-arm means, plots."""
+    folder = Path(request.app.state.cfg.web.experiments_dir)
+    try:
+        result = json.loads((folder / "sim-ab.json").read_text())
+    except (OSError, ValueError):
+        result = None
+    means = {}
+    if result:
+        for arm in result["seeds"][0]:
+            means[arm] = {m: sum(s[arm][m] for s in result["seeds"]) / len(result["seeds"])
+                          for m in result["seeds"][0][arm]}
+    plots = [name for name in EXPERIMENT_PLOTS if (folder / name).exists()]
+    return _page(request, "experiments.html", session, result=result, means=means, plots=plots)
+
+
+@router.get("/dashboard/experiments/{name}")
+def experiment_plot(request: Request, name: str, session: Session = Depends(signed_in)):
+    if name not in EXPERIMENT_PLOTS:
+        raise HTTPException(404, "no such plot")
+    path = Path(request.app.state.cfg.web.experiments_dir) / name
+    if not path.exists():
+        raise HTTPException(404, "no such plot")
+    return FileResponse(path, media_type="image/png")
 
 
 @router.post("/dashboard/api/rules/preview")
