@@ -34,6 +34,7 @@ class RuleBook:
         self._bodies: dict[int, RuleSet] = {}     # versions are immutable: read each once
         self._table: ItemTable | None = None
         self._compiled_at = 0.0
+        self._fixed = False
 
     @property
     def live_version(self) -> str | None:
@@ -45,9 +46,14 @@ class RuleBook:
         users (of sessions for anonymous traffic; of requests without either)."""
         return unit_hash(self.salt, user_id, session_id, request_id) < self.share
 
+    def fix(self, live: CompiledRuleSet | None) -> None:
+        """Serve `live` (or no rules) from now on, whatever Postgres says: polls change nothing after
+        this (an experiment's arm, recsys/sim/ab.py)."""
+        self.live, self.shadow, self._fixed = live, None, True
+
     def poll(self, conn, catalog, popularity: list[str]) -> bool:
         """Read the live and shadow versions; recompile what changed. True when something did."""
-        if catalog is None:
+        if catalog is None or self._fixed:
             return False
         states = store.states(conn)
         now = time.time()

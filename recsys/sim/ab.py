@@ -234,8 +234,7 @@ def build_policies(cfg, sim_cfg) -> dict:
                 raise ValueError(f"sim arm {arm.name}: invalid rule set {arm.rules}: {errors}")
             popularity = [s for s, _ in res.bestsellers]
             rules = CompiledRuleSet(f"sim-{arm.name}", ruleset, ItemTable(res.catalog, time.time()), popularity)
-        res.rules.poll = lambda *args, **kwargs: False     # the arm's rule set stays, whatever is live
-        res.rules.live, res.rules.shadow = rules, None
+        res.rules.fix(rules)   # the arm's rule set stays, whatever is live
         policies[arm.name] = ServedRails(recommender)
         bestsellers = bestsellers or [s for s, _ in res.bestsellers]
     for arm in sim_cfg.arms:
