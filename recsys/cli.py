@@ -77,12 +77,13 @@ def _sim(args, cfg) -> int:
         import json
 
         from recsys.bench.report import DOCS, record
-        from recsys.sim.plots import plot_lifts, plot_shares
+        from recsys.sim.plots import plot_basket, plot_lifts, plot_shares
 
         record(figures(result, str(cfg.sim.baseline)), COMMAND)
         (DOCS / "sim-ab.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
         print(f"written: {plot_lifts(result, str(cfg.sim.baseline), DOCS / 'sim-ab-lifts.png')}, "
-              f"{plot_shares(result, DOCS / 'sim-ab-shares.png')}, {DOCS / 'sim-ab.json'}")
+              f"{plot_shares(result, DOCS / 'sim-ab-shares.png')}, {plot_basket(result, DOCS / 'sim-ab-basket.png')}, "
+              f"{DOCS / 'sim-ab.json'}")
     return 0
 
 

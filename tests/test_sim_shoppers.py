@@ -148,3 +148,52 @@ def test_history_window_for_any_end(world):
     events = world.history(days=7, end=end)
     assert len(events) and events["ts"].between(pd.Timestamp(end) - pd.Timedelta(days=7), pd.Timestamp(end),
                                                 inclusive="left").all()
+
+
+def test_a_rail_often_gets_no_click_and_wears_out_when_repeated(catalog, history):
+    """The choice model: a good rail is left alone a fair share of the time (CTR does not saturate), and
+    the same rail shown again and again to the same shoppers gets fewer clicks than the first time."""
+    world = ShopperWorld(catalog, n_users=N_USERS, seed=1)
+    world.history(days=DAYS)
+    slate = _bestsellers(history)
+    users = [f"u{i:06d}" for i in range(600)]
+
+    def ctr(day: int, offset: int) -> float:
+        at = pd.Timestamp(END) + pd.Timedelta(days=day)
+        return np.mean([any(e["type"] == "product_viewed" for e in world.respond(u, slate, at, rng_seed=offset + i))
+                        for i, u in enumerate(users)])
+
+    first = ctr(1, 0)
+    for repeat in range(4):                        # the same rail, the same day, four more times
+        last = ctr(1, 1000 * (repeat + 1))
+    rested = ctr(40, 9000)                         # a month later, fatigue has worn off
+    print(f"\n  CTR first {first:.3f}, fifth {last:.3f}, a month later {rested:.3f}")
+    assert 0.05 < first < 0.9, first
+    assert last < first - 0.05, (first, last)
+    assert rested > last + 0.03, (last, rested)
+
+
+def test_a_shopper_does_not_buy_the_device_just_bought_again(catalog):
+    world = ShopperWorld(catalog, n_users=N_USERS, seed=1)
+    world.history(days=DAYS)
+    u = int(np.flatnonzero(world._n_owned > 0)[0])
+    owned = world._owned[u, (world._n_owned[u] - 1) % 6]
+    like = world._owned_like(u, np.array([owned]), int(pd.Timestamp(END).value))
+    assert like[0] == 1.0                                    # the owned device itself, whenever bought
+    accessory = int(np.flatnonzero(world._kind == "accessory")[0])
+    assert world._owned_like(u, np.array([accessory]), int(pd.Timestamp(END).value))[0] == 0.0
+
+
+def test_an_organic_visit_is_a_history_visit(catalog):
+    world = ShopperWorld(catalog, n_users=N_USERS, seed=1)
+    world.history(days=DAYS)
+    at = pd.Timestamp(END) + pd.Timedelta(days=2)
+    events = world.organic_visit("u000042", at, rng_seed=5, session_id="s-organic")
+    again = ShopperWorld(catalog, n_users=N_USERS, seed=1)
+    again.history(days=DAYS)
+    assert events == again.organic_visit("u000042", at, rng_seed=5, session_id="s-organic")   # by seed
+    assert events[0]["type"] == "product_viewed" and all(e["context"] is None for e in events)
+    assert [e["ts"] for e in events] == sorted(e["ts"] for e in events) and events[0]["ts"] >= at
+    assert {e["session_id"] for e in events} == {"s-organic"}
+    views = sum(e["type"] == "product_viewed" for e in events)
+    assert 1 <= views <= world.b.max_views

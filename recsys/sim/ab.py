@@ -7,7 +7,9 @@ their id (`unit_hash`, the canary's assignment). A visit is a walk through the t
     home (homepage_hero) -> the first product viewed from it (pdp_fbt) -> if something was added to the
     cart, the cart (cart_upsell)
 
-Each rail comes from the arm's policy: `bestsellers` (the best sellers minus what is on the page or in
+When the home rail gets no click the shopper browses on their own (`ShopperWorld.organic_visit`: search
+and category pages, as in history, which no arm controls) and the product page they land on first shows
+the arm's pdp_fbt rail. Each rail comes from the arm's policy: `bestsellers` (the best sellers minus what is on the page or in
 the cart) or `served` (the real Recommender, in process, with the arm's rule set or none). The shopper's
 answer to each rail is `ShopperWorld.respond` — position bias, hidden tastes, price sensitivity, the
 accessory needs a device purchase creates — which sees the slate and never the arm. Its events are
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -53,16 +56,23 @@ class ArmTally:
     long_tail_slots: int = 0
     high_margin_slots: int = 0     # accessories and parts at web.high_margin or more
     converted: int = 0             # sessions with a purchase
+    orders: int = 0
+    units: int = 0                 # items bought (quantities summed)
     revenue: float = 0.0
     margin: float = 0.0
+    rail_revenue: float = 0.0      # revenue of items a rail led to (the rest: organic browsing)
+    revenue_by_kind: dict = field(default_factory=lambda: {"device": 0.0, "accessory": 0.0, "part": 0.0})
     shown: set = field(default_factory=set)
     shown_late: set = field(default_factory=set)   # shown after zero_impression_after_h into the run
 
     def summary(self, n_items: int) -> dict[str, float]:
-        s, r = max(self.sessions, 1), max(self.rails, 1)
+        s, r, rev = max(self.sessions, 1), max(self.rails, 1), self.revenue or 1.0
         return {"sessions": self.sessions, "ctr": self.clicked / r, "conversion": self.converted / s,
-                "aov": self.revenue / self.converted if self.converted else 0.0,
+                "aov": self.revenue / self.orders if self.orders else 0.0,
+                "units_per_order": self.units / self.orders if self.orders else 0.0,
                 "revenue_per_session": self.revenue / s, "margin_per_session": self.margin / s,
+                "rail_revenue_share": self.rail_revenue / rev,
+                **{f"{kind}_revenue_share": v / rev for kind, v in self.revenue_by_kind.items()},
                 "long_tail_share": self.long_tail_slots / max(self.slots, 1),
                 "high_margin_share": self.high_margin_slots / max(self.slots, 1),
                 "coverage": len(self.shown) / n_items, "zero_impression_skus": n_items - len(self.shown_late)}
@@ -95,6 +105,7 @@ class Catalog:
     def __init__(self, conn, cfg):
         rows = conn.execute("SELECT sku, category, kind, price, margin FROM items ORDER BY sku").fetchall()
         self.skus = [r[0] for r in rows]
+        self.kind = {r[0]: r[2] for r in rows}
         self.category_of = {r[0]: r[1] for r in rows}
         self.margin = {r[0]: float(r[4] or 0.0) for r in rows}
         high = float(cfg.web.high_margin)
@@ -130,7 +141,8 @@ class Run:
         self.late = start + timedelta(hours=float(cfg.sim.zero_impression_after_h))
         self.pending: list = []
 
-    def _show(self, arm: str, req: RecRequest, at: datetime) -> tuple[list[str], list[dict]]:
+    def _show(self, arm: str, req: RecRequest, at: datetime) -> list[dict]:
+        """The arm's rail for `req`, the shopper's answer to it, both tallied; the answer's events."""
         skus = self.policies[arm].rail(req)
         t = self.tallies[arm]
         t.rails += 1
@@ -144,31 +156,44 @@ class Run:
                                     request_id=req.request_id, session_id=req.session_id)
         if any(e["type"] == "product_viewed" for e in events):
             t.clicked += 1
+        self._take(arm, events)
+        return events
+
+    def _take(self, arm: str, events: list[dict]) -> None:
+        """A visit's events: purchases into the tally, every event into the feature path."""
+        t = self.tallies[arm]
         for e in events:
             if e["type"] == "purchase_completed":
-                t.revenue += e["price"] * e["quantity"]
-                t.margin += e["price"] * e["quantity"] * self.catalog.margin.get(e["sku"], 0.0)
+                amount = e["price"] * e["quantity"]
+                t.units += e["quantity"]
+                t.revenue += amount
+                t.margin += amount * self.catalog.margin.get(e["sku"], 0.0)
+                t.revenue_by_kind[self.catalog.kind.get(e["sku"], "part")] += amount
+                t.rail_revenue += amount if (e["context"] or {}).get("surface") else 0.0
         self.pending += _events(events, self.limits)
-        return skus, events
 
     def visit(self, user: str, at: datetime, n: int) -> None:
         arm = assign(str(self.cfg.sim.salt), user, self.arms)
         t = self.tallies[arm]
         t.sessions += 1
         session = f"ab{self.seed}-{n}"
-        base = {"user_id": user, "session_id": session, "ts": at.timestamp()}
-        _, events = self._show(arm, RecRequest(surface="homepage_hero", **base), at)
+        base = {"user_id": user, "session_id": session}
+        events = self._show(arm, RecRequest(surface="homepage_hero", ts=at.timestamp(), **base), at)
+        if not any(e["type"] == "product_viewed" for e in events):   # no click: the shopper browses alone
+            organic = self.world.organic_visit(user, at, int(self._rng.integers(2**31)), session)
+            self._take(arm, organic)
+            events += organic
+        seen = list(events)
         viewed = [e for e in events if e["type"] == "product_viewed"]
-        orders = {e["order_id"] for e in events if e["type"] == "purchase_completed"}
         if viewed:
             at = viewed[0]["ts"].to_pydatetime()
-            _, events = self._show(arm, RecRequest(surface="pdp_fbt", skus=[viewed[0]["sku"]], **{**base, "ts": at.timestamp()}), at)
-            orders |= {e["order_id"] for e in events if e["type"] == "purchase_completed"}
-            cart = list(dict.fromkeys(e["sku"] for e in events if e["type"] == "add_to_cart"))
-            if cart:
-                at = max(e["ts"] for e in events).to_pydatetime()
-                _, events = self._show(arm, RecRequest(surface="cart_upsell", cart=cart, **{**base, "ts": at.timestamp()}), at)
-                orders |= {e["order_id"] for e in events if e["type"] == "purchase_completed"}
+            seen += self._show(arm, RecRequest(surface="pdp_fbt", skus=[viewed[0]["sku"]], ts=at.timestamp(), **base), at)
+        cart = list(dict.fromkeys(e["sku"] for e in seen if e["type"] == "add_to_cart"))
+        if cart:
+            at = max(e["ts"] for e in seen).to_pydatetime()
+            seen += self._show(arm, RecRequest(surface="cart_upsell", cart=cart, ts=at.timestamp(), **base), at)
+        orders = {e["order_id"] for e in seen if e["type"] == "purchase_completed"}
+        t.orders += len(orders)
         if orders:
             t.converted += 1
 
@@ -190,26 +215,32 @@ class Run:
         return self.tallies
 
 
-def lifts(summaries: list[dict[str, dict]], baseline: str, metric: str) -> dict[str, dict]:
-    """Per arm: the mean over seeds of (arm / baseline - 1) for `metric`, with a 95% t interval."""
+def mean_interval(values) -> dict:
+    """The mean of per-seed values with a 95% t interval (nan-free values; NaN bounds for one seed)."""
     from scipy import stats
 
-    out = {}
-    for arm in summaries[0]:
-        if arm == baseline:
-            continue
-        values = np.array([s[arm][metric] / s[baseline][metric] - 1 if s[baseline][metric] else np.nan
-                           for s in summaries])
-        values = values[~np.isnan(values)]
-        mean = float(values.mean()) if len(values) else float("nan")
-        half = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))) \
-            if len(values) > 1 else float("nan")
-        out[arm] = {"mean": mean, "low": mean - half, "high": mean + half, "seeds": len(values)}
-    return out
+    values = np.asarray([v for v in values if not np.isnan(v)], dtype=float)
+    mean = float(values.mean()) if len(values) else float("nan")
+    half = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))) \
+        if len(values) > 1 else float("nan")
+    return {"mean": mean, "low": mean - half, "high": mean + half, "seeds": len(values)}
+
+
+def lifts(summaries: list[dict[str, dict]], baseline: str, metric: str) -> dict[str, dict]:
+    """Per arm: the mean over seeds of (arm / baseline - 1) for `metric`, with a 95% t interval."""
+    return {arm: mean_interval([s[arm][metric] / s[baseline][metric] - 1 if s[baseline][metric] else np.nan
+                                for s in summaries])
+            for arm in summaries[0] if arm != baseline}
+
+
+def levels(summaries: list[dict[str, dict]], metric: str) -> dict[str, dict]:
+    """Per arm (the baseline too): the mean over seeds of `metric` with a 95% t interval."""
+    return {arm: mean_interval([s[arm][metric] for s in summaries]) for arm in summaries[0]}
 
 
 def build_policies(cfg, sim_cfg) -> dict:
     """{arm name: rails} from `sim.arms`: one Recommender per served arm, its rule set fixed."""
+    import hashlib
     import json
     from pathlib import Path
 
@@ -229,11 +260,14 @@ def build_policies(cfg, sim_cfg) -> dict:
         res.writes.impression = lambda impression: None   # counted by the run; never the live log
         rules = None
         if arm.get("rules"):
-            ruleset, errors = validate(json.loads(Path(arm.rules).read_text()), list(cfg.surfaces))
+            body = Path(arm.rules).read_text()
+            ruleset, errors = validate(json.loads(body), list(cfg.surfaces))
             if errors:
                 raise ValueError(f"sim arm {arm.name}: invalid rule set {arm.rules}: {errors}")
             popularity = [s for s, _ in res.bestsellers]
-            rules = CompiledRuleSet(f"sim-{arm.name}", ruleset, ItemTable(res.catalog, time.time()), popularity)
+            # the version names the body: the response cache never serves a rail an earlier body built
+            version = f"sim-{arm.name}-{hashlib.sha1(body.encode()).hexdigest()[:10]}"
+            rules = CompiledRuleSet(version, ruleset, ItemTable(res.catalog, time.time()), popularity)
         res.rules.fix(rules)   # the arm's rule set stays, whatever is live
         policies[arm.name] = ServedRails(recommender)
         bestsellers = bestsellers or [s for s, _ in res.bestsellers]
@@ -260,7 +294,7 @@ def run_ab(cfg, seeds: int | None = None) -> dict:
     with psycopg.connect(Postgres(cfg).dsn, autocommit=True) as conn:
         catalog = Catalog(conn, cfg)
     store = OnlineStore.from_config(run_cfg)
-    summaries, started = [], time.monotonic()
+    summaries, seed_seconds, started, load_before = [], [], time.monotonic(), os.getloadavg()[0]
     try:
         for seed in range(seeds):
             t0 = time.monotonic()
@@ -270,13 +304,16 @@ def run_ab(cfg, seeds: int | None = None) -> dict:
             start = history_end(cfg.data.end)
             tallies = Run(run_cfg, world, policies, store, catalog, seed, start).run()
             summaries.append({arm: t.summary(len(catalog.skus)) for arm, t in tallies.items()})
-            log.info("seed %d: %.0f s", seed, time.monotonic() - t0)
+            seed_seconds.append(time.monotonic() - t0)
+            log.info("seed %d: %.0f s", seed, seed_seconds[-1])
     finally:
         store.delete_all()
     baseline = str(sim.baseline)
-    metrics = ("conversion", "aov", "ctr", "revenue_per_session", "margin_per_session")
-    return {"seeds": summaries, "seconds": time.monotonic() - started,
-            "lifts": {m: lifts(summaries, baseline, m) for m in metrics}}
+    metrics = ("conversion", "aov", "ctr", "revenue_per_session", "margin_per_session", "units_per_order")
+    return {"seeds": summaries, "seconds": time.monotonic() - started, "seed_seconds": seed_seconds,
+            "load_average": {"before": load_before, "after": os.getloadavg()[0]},
+            "lifts": {m: lifts(summaries, baseline, m) for m in metrics},
+            "levels": {m: levels(summaries, m) for m in SHARES}}
 
 
 def _world(cfg):
@@ -308,18 +345,25 @@ COMMAND = "recsys sim ab --record"
 REPORTED = ("conversion", "aov")   # lifts written to docs/benchmarks.json, with their intervals
 
 
+SHARES = ("long_tail_share", "high_margin_share", "coverage")   # levels with intervals, per arm
+
+
 def figures(result: dict, baseline: str) -> dict[str, tuple[float, str]]:
-    """docs/benchmarks.json entries: per arm, the lifts (mean, 95% low and high) and the means over
-    seeds of the long-tail share and the coverage; the run's seconds per seed."""
+    """docs/benchmarks.json entries: per arm, the lifts (mean, 95% low and high), the shares of slots and
+    the coverage with their intervals, the means of conversion and AOV; the run's seconds per seed."""
     out = {}
     for metric in REPORTED:
         for arm, lift in result["lifts"][metric].items():
             for k in ("mean", "low", "high"):
                 out[f"sim.ab.{arm}.{metric}_lift" + ("" if k == "mean" else f".{k}")] = (lift[k], "ratio - 1")
+    for metric in SHARES:
+        for arm, level in levels(result["seeds"], metric).items():
+            for k in ("mean", "low", "high"):
+                out[f"sim.ab.{arm}.{metric}" + ("" if k == "mean" else f".{k}")] = (level[k], "fraction, mean over seeds")
     for arm in result["seeds"][0]:
-        for metric in ("long_tail_share", "coverage", "conversion", "aov"):
+        for metric in ("conversion", "aov", "ctr"):
             out[f"sim.ab.{arm}.{metric}"] = (float(np.mean([s[arm][metric] for s in result["seeds"]])), "mean over seeds")
-    out["sim.ab.seconds"] = (result["seconds"] / len(result["seeds"]), "s per seed")
+    out["sim.ab.seconds"] = (float(np.median(result["seed_seconds"])), "s per seed (median of the seeds)")
     return out
 
 

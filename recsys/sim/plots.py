@@ -47,21 +47,53 @@ def plot_lifts(result: dict, baseline: str, path: Path) -> Path:
 
 def plot_shares(result: dict, path: Path) -> Path:
     """Per arm: long-tail share of slots, high-margin accessories' share, catalog coverage (mean over
-    seeds, the bars' whiskers the seeds' range)."""
+    seeds with the 95% interval as whiskers)."""
     plt = _pyplot()
+    from recsys.sim.ab import SHARES, levels
+
     arms = list(result["seeds"][0])
-    metrics = ("long_tail_share", "high_margin_share", "coverage")
     fig, ax = plt.subplots(figsize=(7.5, 3))
     width = 0.8 / len(arms)
     for i, arm in enumerate(arms):
-        values = np.array([[s[arm][m] for m in metrics] for s in result["seeds"]]) * 100
-        mean = values.mean(0)
-        ax.bar(np.arange(len(metrics)) + i * width, mean, width, label=arm,
-               yerr=[mean - values.min(0), values.max(0) - mean], capsize=3)
-    ax.set_xticks(np.arange(len(metrics)) + width * (len(arms) - 1) / 2, [m.replace("_", " ") for m in metrics])
+        level = [levels(result["seeds"], m)[arm] for m in SHARES]
+        mean = np.array([v["mean"] for v in level]) * 100
+        half = np.nan_to_num(np.array([v["high"] - v["mean"] for v in level]) * 100)
+        ax.bar(np.arange(len(SHARES)) + i * width, mean, width, label=arm, yerr=half, capsize=3)
+    ax.set_xticks(np.arange(len(SHARES)) + width * (len(arms) - 1) / 2, [m.replace("_", " ") for m in SHARES])
     ax.set_ylabel("% of slots (coverage: of SKUs)")
     ax.legend(fontsize=8)
     ax.set_title("Simulated A/B: where the slots went", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+KINDS = ("device", "accessory", "part")
+
+
+def plot_basket(result: dict, path: Path) -> Path:
+    """What each arm's shoppers bought: revenue per session split by kind (device, accessory, part), and
+    the share of revenue a rail led to (the rest: organic browsing). Means over seeds."""
+    plt = _pyplot()
+    arms = list(result["seeds"][0])
+    mean = {arm: {m: float(np.mean([s[arm][m] for s in result["seeds"]])) for m in result["seeds"][0][arm]}
+            for arm in arms}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3), gridspec_kw={"width_ratios": [2, 1]})
+    bottom = np.zeros(len(arms))
+    for kind in KINDS:
+        value = np.array([mean[a][f"{kind}_revenue_share"] * mean[a]["revenue_per_session"] for a in arms])
+        left.bar(arms, value, bottom=bottom, label=kind)
+        bottom += value
+    left.set_ylabel("revenue per session (EUR)")
+    left.legend(fontsize=8)
+    left.set_title("revenue per session by kind", fontsize=9)
+    right.bar(arms, [mean[a]["rail_revenue_share"] * 100 for a in arms], color="tab:gray")
+    right.set_ylabel("% of revenue")
+    right.set_title("led by a rail", fontsize=9)
+    for ax in (left, right):
+        ax.tick_params(axis="x", labelsize=7)
+    fig.suptitle("Simulated A/B: what the baskets held", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -7,6 +7,11 @@ are viewed in order of hidden utility plus noise, some are added to the cart, an
 checked out. The hidden state lives in underscore attributes and never reaches an event: anything
 downstream (features, training, serving) sees only events, `users()` and the catalog.
 
+Replaying a policy (`respond`, `organic_visit`) continues from the history's end: a rail is answered
+by one choice among its slots and an outside option (leave the rail), with position bias and fatigue for
+what the shopper was shown before; a visit whose entry rail got no click is an organic visit as in
+history (search and category pages, which no policy controls).
+
 History is simulated in rounds (every shopper's 1st visit, then every 2nd, ...) so that each visit
 sees the devices bought in the visits before it, while every round is one vectorised numpy step.
 """
@@ -60,8 +65,13 @@ class Behaviour:
     cart_logit_attach: float = 0.6      # ... higher when shopping for an owned device
     cart_slope: float = 0.6             # ... and rising with the shopper's utility for the item
     checkout_rate: float = 0.45         # chance a visit with a cart ends in an order
-    click_offset: float = 3.0           # respond(): click log-odds of an average item at slot 0
-    position_decay: float = 0.6         # respond(): attention at slot i is (1 + i) ** -decay
+    # respond(): one choice among the rail's slots and "look elsewhere" (multinomial logit)
+    look_elsewhere: float = 7.0         # utility of leaving the rail: sets how often a rail gets no click
+    position_decay: float = 0.6         # attention at slot i is (1 + i) ** -decay
+    look_again: float = 0.3             # chance of choosing again from the rest after a click
+    fatigue: float = 0.7                # utility lost per log(1 + times the item was shown before) ...
+    fatigue_half_life_days: float = 3.0  # ... a count that halves every this many days
+    owned_penalty: float = 4.0          # utility lost by a device the shopper owns or just bought the like of
 
 
 class ShopperWorld:
@@ -101,6 +111,7 @@ class ShopperWorld:
         self._buy_devices(owners, self._pick(owners, cats, rng, k=1)[:, 0], np.full(len(owners), LONG_AGO))
         self._initial_state = (self._owned.copy(), self._n_owned.copy(), self._last_device_buy.copy())
         self._respond_rng = np.random.default_rng(np.random.SeedSequence([seed, 2]))
+        self._shown: dict[int, dict[int, tuple[float, int]]] = {}   # user -> item -> (times shown, last ns)
 
     # ---------------------------------------------------------------------------------------- public
 
@@ -113,6 +124,7 @@ class ShopperWorld:
         give the same frame; afterwards the shoppers own what they bought, which `respond` continues from."""
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, 1, days]))
         self._owned, self._n_owned, self._last_device_buy = (a.copy() for a in self._initial_state)
+        self._shown = {}
         end_ns = pd.Timestamp(end).as_unit("ns").value
         users, starts = self._session_starts(days, end_ns, rng)
         visit = _rank_within(users)
@@ -141,10 +153,13 @@ class ShopperWorld:
     def respond(self, user_id: str, slate: list[str], ts: datetime, rng_seed: int | None = None,
                 surface: str | None = None, request_id: str | None = None,
                 session_id: str | None = None) -> list[dict]:
-        """The events a shopper generates when shown `slate` at `ts`: a click (product_viewed) per slot
-        with probability from hidden utility x position bias, then maybe add_to_cart and a purchase.
-        Each event carries context {surface, request_id, slot}. Purchased devices join the shopper's
-        devices, so later slates meet the accessory needs they create."""
+        """The events a shopper generates when shown `slate` at `ts`: clicks (product_viewed), then maybe
+        add_to_cart and a purchase. The shopper chooses one slot or none (leave the rail) with probability
+        proportional to attention x exp(utility) — utility being hidden taste, interest in the category,
+        the fit to an owned device, minus fatigue for items shown before and a penalty for a device owned
+        or just bought the like of — and after a click looks again with probability `look_again`. Each
+        event carries context {surface, request_id, slot}. Purchased devices join the shopper's devices,
+        so later slates meet the accessory needs they create."""
         rng = self._respond_rng if rng_seed is None else np.random.default_rng(rng_seed)
         u = self._user_index[user_id]
         items = np.array([self._sku_index[s] for s in slate], dtype=int)
@@ -154,9 +169,10 @@ class ShopperWorld:
         interest = np.log(np.clip(self._category_aff[u, self._category[items]] * len(self._categories), 1e-2, 20))
         base = self._utility(np.array([u]), items)[0]
         need = self._need(u, items)
-        utility = base + interest + b.fit_boost * need
-        slots = np.arange(len(items))
-        clicked = rng.random(len(items)) < (1 + slots) ** -b.position_decay * _sigmoid(utility - b.click_offset)
+        utility = (base + interest + b.fit_boost * need - b.fatigue * np.log1p(self._times_shown(u, items, ts_ns))
+                   - b.owned_penalty * self._owned_like(u, items, ts_ns))
+        clicked = self._choose(utility, rng)
+        self._remember_shown(u, items, ts_ns)
         lift = base - base.mean()           # as in history: compared with the rest of what was on screen
         carted = clicked & (rng.random(len(items)) < self._cart_prob(items, lift, need > 0))
         bought = carted & (rng.random() < b.checkout_rate) & (rng.random(len(items)) < 0.9)
@@ -179,6 +195,24 @@ class ShopperWorld:
                  "quantity": int(qty[i]) if kind else 1, "order_id": order_id if kind == 2 else None,
                  "context": {"surface": surface, "request_id": request_id, "slot": int(i)}}
                 for n, (t, kind, i) in enumerate(rows)]
+
+    def organic_visit(self, user_id: str, ts: datetime, rng_seed: int, session_id: str) -> list[dict]:
+        """A visit no rail led: what the shopper finds through search and category pages, exactly as in
+        history (an intent, a category, views by hidden utility, maybe a cart and an order). Events in time
+        order with no context (no rail led to them)."""
+        rng = np.random.default_rng(rng_seed)
+        u = self._user_index[user_id]
+        ts_ns = pd.Timestamp(ts).as_unit("ns").value
+        ev = self._simulate_round(np.array([u]), np.array([ts_ns]), np.array([0]), rng)
+        order = np.lexsort((ev["type"], ev["ts"]))
+        ids = _uuids(rng, len(order))
+        order_id = f"o-{user_id}-{ts_ns // SECOND}-organic"
+        return [{"event_id": ids[n], "type": EVENT_TYPES[ev["type"][j]], "user_id": user_id,
+                 "session_id": session_id, "sku": str(self._sku[ev["item"][j]]),
+                 "ts": pd.Timestamp(ev["ts"][j] // MILLISECOND * MILLISECOND, tz="UTC"), "device": self._device[u],
+                 "geo": self._geo[u], "price": float(self._price[ev["item"][j]]), "quantity": int(ev["quantity"][j]),
+                 "order_id": order_id if ev["type"][j] == 2 else None, "context": None}
+                for n, j in enumerate(order)]
 
     # ------------------------------------------------------------------------------- catalog indexes
 
@@ -320,6 +354,50 @@ class ShopperWorld:
             for d in owned:
                 need[j] = max(need[j], self._fit_weight.get((d, i), 0.0))
         return need
+
+    def _choose(self, utility: np.ndarray, rng) -> np.ndarray:
+        """Which slots get a click: a multinomial-logit choice among the slots (weighted by position
+        attention) and leaving the rail; after each click another look with probability `look_again`."""
+        b = self.b
+        weight = (1.0 + np.arange(len(utility))) ** -b.position_decay * np.exp(np.minimum(utility, 30.0))
+        clicked = np.zeros(len(utility), dtype=bool)
+        while True:
+            w = np.where(clicked, 0.0, weight)
+            p = np.append(w, np.exp(b.look_elsewhere)) / (w.sum() + np.exp(b.look_elsewhere))
+            pick = rng.choice(len(p), p=p)
+            if pick == len(utility):
+                return clicked
+            clicked[pick] = True
+            if clicked.all() or rng.random() >= b.look_again:
+                return clicked
+
+    def _times_shown(self, u: int, items: np.ndarray, ts_ns: int) -> np.ndarray:
+        """How often each item was shown to the shopper before, halving every fatigue_half_life_days."""
+        seen = self._shown.get(u)
+        out = np.zeros(len(items))
+        if not seen:
+            return out
+        half = self.b.fatigue_half_life_days * 86400 * SECOND
+        for j, i in enumerate(items.tolist()):
+            if i in seen:
+                count, last = seen[i]
+                out[j] = count * 0.5 ** (max(ts_ns - last, 0) / half)
+        return out
+
+    def _remember_shown(self, u: int, items: np.ndarray, ts_ns: int) -> None:
+        counts = self._times_shown(u, items, ts_ns)
+        seen = self._shown.setdefault(u, {})
+        for i, count in zip(items.tolist(), counts.tolist()):
+            seen[i] = (count + 1.0, ts_ns)
+
+    def _owned_like(self, u: int, items: np.ndarray, ts_ns: int) -> np.ndarray:
+        """1 for a device the shopper owns, or of the category of the device bought within attach_days."""
+        owned = self._owned[u, : min(self._n_owned[u], MAX_OWNED)]
+        like = np.isin(items, owned)
+        if ts_ns - self._last_device_buy[u] < self.b.attach_days * 86400 * SECOND:
+            latest = self._owned[u, (self._n_owned[u] - 1) % MAX_OWNED]
+            like |= self._category[items] == self._category[latest]
+        return (like & (self._kind[items] == "device")).astype(float)
 
     def _cart_prob(self, items: np.ndarray, lift: np.ndarray, fits: np.ndarray) -> np.ndarray:
         b = self.b

@@ -141,7 +141,7 @@ def preview(request: Request, user_id: str = "", sku: str = "", cart: str = "",
                  ask={"user_id": user_id, "sku": sku, "cart": cart})
 
 
-EXPERIMENT_PLOTS = ("sim-ab-lifts.png", "sim-ab-shares.png")
+EXPERIMENT_PLOTS = ("sim-ab-lifts.png", "sim-ab-shares.png", "sim-ab-basket.png")
 
 
 @router.get("/dashboard/experiments")
