@@ -23,8 +23,12 @@ def plot_lifts(result: dict, baseline: str, path: Path) -> Path:
     """One panel per metric: each arm's mean lift over seeds with its 95% interval; dashed, the claim."""
     plt = _pyplot()
     metrics = list(result["lifts"])
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 2.8), sharey=True)
-    for ax, metric in zip(np.atleast_1d(axes), metrics):
+    cols = min(3, len(metrics))
+    rows = -(-len(metrics) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.4 * rows), sharey=True, squeeze=False)
+    for ax in axes.flat[len(metrics):]:
+        ax.set_visible(False)
+    for ax, metric in zip(axes.flat, metrics):
         arms = list(result["lifts"][metric])
         means = np.array([result["lifts"][metric][a]["mean"] for a in arms]) * 100
         lows = np.array([result["lifts"][metric][a]["low"] for a in arms]) * 100
@@ -92,7 +96,7 @@ def plot_basket(result: dict, path: Path) -> Path:
     right.set_ylabel("% of revenue")
     right.set_title("led by a rail", fontsize=9)
     for ax in (left, right):
-        ax.tick_params(axis="x", labelsize=7)
+        ax.tick_params(axis="x", labelsize=7, labelrotation=15)
     fig.suptitle("Simulated A/B: what the baskets held", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
