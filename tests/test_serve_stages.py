@@ -193,3 +193,30 @@ def test_the_catalog_snapshot_is_read_again_only_when_it_changed(world, pg):
         assert res.catalog is not first and len(res.catalog.items) == len(first.items)
     finally:
         res.pool.close()
+
+
+def test_a_cart_or_page_device_never_brings_its_own_variants(world, recommender, shopper, pg):
+    """The same model in another colour or storage is no upsell for the phone in the cart, nor a
+    'bought together' for the phone on the page: excluding a device excludes its variants."""
+    model, skus = pg.execute(
+        "SELECT specs->>'model', array_agg(sku ORDER BY sku) FROM items WHERE kind = 'device' "
+        "GROUP BY 1 HAVING count(*) >= 3 ORDER BY count(*) DESC, 1 LIMIT 1").fetchone()
+    recommender.res.refresh(wait=True)
+    assert set(recommender.res.catalog.variants[skus[0]]) == set(skus[1:])
+    for surface, ask in (("cart_upsell", {"cart": [skus[0]]}), ("pdp_fbt", {"skus": [skus[0]]})):
+        items = recommender.recommend(RecRequest(surface=surface, user_id=shopper["user"], k=40, **ask))["items"]
+        assert len(items) >= 12 and not {i["sku"] for i in items} & set(skus), (surface, model)
+
+
+def test_a_device_page_and_a_device_cart_lead_with_what_fits_the_device(world, recommender, shopper):
+    """surfaces.<pdp_fbt|cart_upsell>.fits_first: the first slots are accessory-graph fits of the page's
+    (the cart's) device, those made for the model first; a surface without it (home) is unchanged."""
+    device = shopper["device"]
+    recommender.res.refresh(wait=True)
+    fits = dict(recommender.res.catalog.accessories[device])
+    for surface, ask in (("pdp_fbt", {"skus": [device]}), ("cart_upsell", {"cart": [device]})):
+        items = recommender.recommend(RecRequest(surface=surface, user_id=shopper["user"], explain=True, **ask))["items"]
+        top = [i["sku"] for i in items[:4]]
+        assert all(s in fits for s in top), (surface, top)
+        later = [fits[i["sku"]] for i in items[4:] if i["sku"] in fits]
+        assert min(fits[s] for s in top) >= max(later, default=0.0), (top, later)   # made-for-the-model first

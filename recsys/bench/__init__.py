@@ -8,7 +8,8 @@ fixed rate, cache hits, CPU per request by process); a soak and chaos faults und
 ranker's canary against simulated shoppers until the controller rolls it back; docs/release.md), nightly
 (`recsys nightly` on the running stack's world, timed), autoscale (Serve's autoscaling on a load ramp, on
 two Ray nodes of its own: recsys/bench/autoscale.py), dashboard (the dashboard's queries on 1M
-impressions in a scratch database: recsys/bench/dashboard.py).
+impressions in a scratch database: recsys/bench/dashboard.py), rails (would a merchandiser sign off the
+rails: what fits a device's page, no variant of a device in its cart: recsys/bench/rails.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from recsys.bench.report import DOCS, record
 
 COMMAND = "make bench"
 PARTS = ("models", "ingest", "floor", "ann", "http", "soak", "chaos", "rules", "canary", "nightly",
-         "autoscale", "dashboard")
+         "autoscale", "dashboard", "rails")
 
 
 def run_bench(cfg, only: str | None = None, docs: Path = DOCS, overrides: list[str] | None = None) -> int:
@@ -86,6 +87,11 @@ def run_bench(cfg, only: str | None = None, docs: Path = DOCS, overrides: list[s
 
         print("\n== dashboard: the dashboard's queries on 1M impressions")
         record(bench_dashboard(cfg), DASHBOARD, docs)
+    if "rails" in wanted:  # the live rails on device pages and carts, in process (recsys/bench/rails.py)
+        from recsys.bench.rails import COMMAND as RAILS, bench_rails
+
+        print("\n== rails: device pages and one-device carts through the live models")
+        record(bench_rails(cfg), RAILS, docs)
     if "nightly" in wanted:  # last: it trains for minutes (recsys/bench/nightly.py)
         from recsys.bench.nightly import COMMAND as NIGHTLY, bench_nightly
 

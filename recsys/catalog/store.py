@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 import psycopg
@@ -59,18 +59,31 @@ class CatalogSnapshot:
     accessories: dict[str, list[tuple[str, float]]]   # device sku -> [(accessory sku, weight)] best first
     fits: dict[str, list[str]]                # accessory sku -> devices it fits
     in_stock: frozenset[str] = frozenset()    # a set lookup: pandas .at costs ~30 us a call
+    variants: dict[str, tuple[str, ...]] = field(default_factory=dict)   # device sku -> the same model's
+                                              # other SKUs (colours, storage): never upsold beside it
+
+    def with_variants(self, skus) -> set[str]:
+        """`skus` and every variant of the devices among them."""
+        out = set(skus)
+        for sku in skus:
+            out.update(self.variants.get(sku, ()))
+        return out
 
 
 def read_catalog(conn: psycopg.Connection) -> CatalogSnapshot:
     items = pd.DataFrame(
         conn.execute("SELECT sku, title, family, category, kind, brand, price::float8 AS price, margin, "
-                     "price_band, stock, launch_date, tags FROM items").fetchall(),
+                     "price_band, stock, launch_date, tags, specs->>'model' FROM items").fetchall(),
         columns=["sku", "title", "family", "category", "kind", "brand", "price", "margin", "price_band", "stock",
-                 "launch_date", "tags"],
+                 "launch_date", "tags", "model"],
     ).set_index("sku")
     accessories: dict[str, list[tuple[str, float]]] = {}
     fits: dict[str, list[str]] = {}
     for src, dst, weight in conn.execute("SELECT src_sku, dst_sku, weight FROM item_edges ORDER BY weight DESC"):
         accessories.setdefault(src, []).append((dst, weight))
         fits.setdefault(dst, []).append(src)
-    return CatalogSnapshot(items, accessories, fits, frozenset(items.index[items["stock"] > 0]))
+    models = items.loc[(items["kind"] == "device") & items["model"].notna(), "model"]
+    variants = {sku: tuple(sorted(set(group) - {sku}))
+                for group in models.groupby(models).groups.values() if len(group) > 1 for sku in group}
+    return CatalogSnapshot(items.drop(columns="model"), accessories, fits,
+                           frozenset(items.index[items["stock"] > 0]), variants)

@@ -27,8 +27,10 @@ class Retrieved:
     degraded: list[str] = field(default_factory=list)
 
 
-def excluded_skus(req: RecRequest, user: UserState, surface: dict) -> set[str]:
-    """What a surface must never show: the page's SKU, the cart, what the user bought (per its config)."""
+def excluded_skus(req: RecRequest, user: UserState, surface: dict, catalog=None) -> set[str]:
+    """What a surface must never show: the page's SKU, the cart, what the user bought (per its config),
+    each with the other variants of a device among them (the same phone in another colour is not an
+    upsell for the phone in the cart)."""
     excluded: set[str] = set()
     if surface.get("exclude_context_sku"):
         excluded.update(req.skus)
@@ -37,7 +39,7 @@ def excluded_skus(req: RecRequest, user: UserState, surface: dict) -> set[str]:
         excluded.update(user.cart)
     if surface.get("exclude_purchased"):
         excluded.update(user.purchased)
-    return excluded
+    return catalog.with_variants(excluded) if catalog is not None else excluded
 
 
 class Retrieval:
@@ -77,7 +79,7 @@ class Retrieval:
                 self.benched_until[name] = time.perf_counter() + self.cooldown_s
                 continue
             per_source[name] = found
-        return Retrieved(self._pool(per_source, quotas, excluded_skus(req, user, surface)), degraded)
+        return Retrieved(self._pool(per_source, quotas, excluded_skus(req, user, surface, self.res.catalog)), degraded)
 
     def _pool(self, per_source: dict[str, list[Candidate]], quotas: dict[str, int], excluded: set[str]) -> list[Pooled]:
         """One entry per SKU, in source order; excluded and out-of-stock SKUs never enter."""

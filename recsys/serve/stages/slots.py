@@ -73,6 +73,9 @@ def request_facts(table: ItemTable, req: RecRequest, user: UserState) -> Request
     return facts
 
 
+FITS_FIRST_BONUS = 2.0   # above any unit-range relevance minus MMR's largest penalty: those slots come first
+
+
 def _unit_range(values: np.ndarray) -> np.ndarray:
     """Scores scaled to [0, 1], so that lambda means the same whatever the ranker's scale."""
     spread = float(np.ptp(values)) if len(values) else 0.0
@@ -96,13 +99,30 @@ class Slots:
         self.res.refresh()
         return self.arrange(req, user, self.ranked(candidates, scores), self.res.rules.live)
 
+    def _fits_first(self, req: RecRequest, ranked: list[tuple[Pooled, Score]], n: int) -> list[int]:
+        """Positions in `ranked` of `n` candidates that fit a device on the page or in the cart (the
+        accessory graph): those made for the model first, then generic fits, each in the ranker's order —
+        what a product page's and a cart's rails are for. The ranker learns
+        from a log where a phone's case is bought in a later session than the phone, so it cannot be
+        left to find them (docs/quality.md)."""
+        catalog = self.res.catalog
+        if not n or catalog is None:
+            return []
+        fit: dict[str, float] = {}   # sku -> its best edge weight (1.0: made for that model)
+        for sku in req.context_skus:
+            for accessory, weight in catalog.accessories.get(sku, ()):
+                fit[accessory] = max(weight, fit.get(accessory, 0.0))
+        fitting = [i for i, (c, _) in enumerate(ranked) if c.sku in fit]
+        return sorted(fitting, key=lambda i: -fit[ranked[i][0].sku])[:n]   # stable: ranker order among equals
+
     def arrange(self, req: RecRequest, user: UserState, ranked: list[tuple[Pooled, Score]],
                 rules: CompiledRuleSet | None) -> Slate:
         """The k slots from the ranked pool under `rules` (the live set, or a shadow or preview set)."""
         surface = self.surfaces[req.surface]
         k = self._k(req)
-        excluded = excluded_skus(req, user, surface)
+        excluded = excluded_skus(req, user, surface, self.res.catalog)
         relevance = _unit_range(np.array([s.value for _, s in ranked]))
+        relevance[self._fits_first(req, ranked, int(surface.get("fits_first", 0)))] += FITS_FIRST_BONUS
         plan = None
         if rules is not None:
             facts = request_facts(rules.table, req, user)
@@ -162,7 +182,7 @@ class Slots:
         """The ranker's top k without diversity, floors or pins, but never a blocked item: the
         fallback when `select` fails."""
         ranked = self.ranked(candidates, scores)
-        excluded = excluded_skus(req, user, self.surfaces[req.surface])
+        excluded = excluded_skus(req, user, self.surfaces[req.surface], self.res.catalog)
         rules = self.res.rules.live
         more = self._fallback(excluded)
         if rules is not None:
