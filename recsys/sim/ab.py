@@ -173,7 +173,7 @@ class Run:
         self.pending += _events(events, self.limits)
 
     def visit(self, user: str, at: datetime, n: int) -> None:
-        arm = assign(str(self.cfg.sim.salt), user, self.arms)
+        arm = assign(f"{self.cfg.sim.salt}:{self.seed}", user, self.arms)   # a new split per seed
         t = self.tallies[arm]
         t.sessions += 1
         session = f"ab{self.seed}-{n}"
