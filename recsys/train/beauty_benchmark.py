@@ -21,7 +21,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -144,7 +144,29 @@ def two_tower_config(name: str, args) -> "object":
         base = replace(base, loss="sampled", temperature=0.2)
     if name.endswith("_dot"):  # plain dot product, no L2 norm / temperature (as BSARec)
         base = replace(base, normalize=False, learn_temperature=False)
-    return base
+    return replace(base, **overrides(args.set))
+
+
+def overrides(pairs: list[str]) -> dict:
+    """``--set key=value`` pairs as typed TwoTowerConfig fields (for ablations)."""
+    from recsys.models.two_tower import TwoTowerConfig
+
+    types = {f.name: f.type for f in fields(TwoTowerConfig)}
+    out = {}
+    for pair in pairs or []:
+        key, _, raw = pair.partition("=")
+        if key not in types:
+            raise SystemExit(f"--set {pair}: {key!r} is not a TwoTowerConfig field")
+        kind = str(types[key])
+        if "bool" in kind:
+            out[key] = raw.lower() in ("1", "true", "yes")
+        elif "int" in kind:
+            out[key] = int(raw)
+        elif "float" in kind:
+            out[key] = float(raw)
+        else:
+            out[key] = raw
+    return out
 
 
 def run_two_tower(split: LeaveOneOut, n_items: int, name: str, data: dict, args, **_) -> dict:
@@ -240,6 +262,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--data", default=None)
     p.add_argument("--title-emb", default=None, help=".npy of item title vectors (row = item id - 1)")
     p.add_argument("--out", default=None)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a TwoTowerConfig field of the sequence models (ablations)")
     p.add_argument("--ann-dsn", default=None, help="a Postgres+pgvector DSN: also measure the sequence models "
                    "through an HNSW index there, as serving retrieves")
     args = p.parse_args(argv)
