@@ -48,7 +48,7 @@ class TwoTowerConfig:
     eval_batch_size: int = 1024
     eval_k: int = 10
     max_seconds: float | None = None
-    grad_clip: float | None = 5.0
+    grad_clip: float | None = None
     seed: int = 0
     device: str = "cpu"
 

@@ -12,7 +12,7 @@ import torch
 
 from recsys.models.two_tower import TwoTowerConfig
 from recsys.train.two_tower import (EvalSet, ItemFeatures, TwoTowerModel, build_model, evaluate_two_tower,
-                                    make_loader, set_seed, train_epoch, training_arrays)
+                                    make_loader, make_optimizer, set_seed, train_epoch, training_arrays)
 
 CHECKPOINT_FILE = "two_tower.pt"
 
@@ -40,8 +40,7 @@ def train_loop_per_worker(config: dict) -> None:
     model = build_model(cfg, config["item_features"], sequences)
     model = ray.train.torch.prepare_model(model) if world > 1 else model.to(device)
     core: TwoTowerModel = model.module if hasattr(model, "module") else model
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                           weight_decay=cfg.weight_decay)
+    opt = make_optimizer(model, cfg)
     valid: EvalSet | None = config.get("valid")
     key = f"NDCG@{cfg.eval_k}"
     best, best_state, bad, started = -1.0, None, 0, time.perf_counter()

@@ -300,36 +300,44 @@ class ItemTower(nn.Module):
 
 
 class _Block(nn.Module):
-    """Pre-LN causal self-attention + FFN, written with plain ops so it exports to ONNX."""
+    """SASRec's block, written with plain ops so it exports to ONNX: the query reads the layer-normed
+    stream and the residual continues from it, keys and values read the stream as it is, then a
+    layer norm and the FFN with its residual. The usual pre-LN block (a residual around LN'd
+    sublayers) learned about half as fast on Beauty (docs/benchmarks-beauty.md, ablations)."""
 
     def __init__(self, d: int, heads: int, dropout: float):
         super().__init__()
         assert d % heads == 0, "dim must be divisible by n_heads"
         self.h, self.dh, self.scale = heads, d // heads, 1.0 / math.sqrt(d // heads)
         self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.qkv = nn.Linear(d, 3 * d)
+        self.q = nn.Linear(d, d)
+        self.kv = nn.Linear(d, 2 * d)
         self.proj = nn.Linear(d, d)
         self.ff = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * d, d))
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         b, l, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(b, l, 3, self.h, self.dh).permute(2, 0, 3, 1, 4).unbind(0)
-        att = (q @ k.transpose(-1, -2)) * self.scale + bias
-        att = self.drop(torch.softmax(att, dim=-1))
-        y = (att @ v).transpose(1, 2).reshape(b, l, d)
-        x = x + self.drop(self.proj(y))
-        return x + self.drop(self.ff(self.ln2(x)))
+        query = self.ln1(x)
+        q = self.q(query).view(b, l, self.h, self.dh).transpose(1, 2)
+        k, v = self.kv(x).view(b, l, 2, self.h, self.dh).permute(2, 0, 3, 1, 4).unbind(0)
+        att = self.drop(torch.softmax((q @ k.transpose(-1, -2)) * self.scale + bias, dim=-1))
+        x = self.ln2(query + self.proj((att @ v).transpose(1, 2).reshape(b, l, d)))
+        return x + self.drop(self.ff(x))
 
 
 class UserTower(nn.Module):
-    """Transformer over the last ``max_len`` item vectors + position-from-end + recency, + side features."""
+    """Transformer over the last ``max_len`` item vectors + position-from-end + recency, + side features.
+
+    The item vectors enter scaled by sqrt(dim) (unit scale per coordinate for the L2-normed vectors),
+    with no projection, and the last position's output is the user vector with no output layer: with
+    a projection in and out the item's own identity was a small part of the stream and learning was
+    slow (docs/benchmarks-beauty.md, ablations)."""
 
     def __init__(self, cfg: TwoTowerConfig):
         super().__init__()
         d = cfg.dim
         self.cfg = cfg
-        self.in_proj = nn.Linear(d, d)
         self.pos_emb = nn.Embedding(cfg.max_len, d)
         self.gap_emb = nn.Embedding(cfg.n_gap_buckets, d) if cfg.use_recency else None
         self.drop = nn.Dropout(cfg.dropout)
@@ -338,7 +346,6 @@ class UserTower(nn.Module):
         self.device_emb = nn.Embedding(cfg.n_devices, d) if cfg.n_devices else None
         self.geo_emb = nn.Embedding(cfg.n_geos, d) if cfg.n_geos else None
         self.aff_proj = nn.Linear(cfg.affinity_dim, d) if cfg.affinity_dim else None
-        self.out = nn.Linear(d, d)
         for emb in (self.pos_emb, self.gap_emb, self.device_emb, self.geo_emb):
             if emb is not None:
                 nn.init.normal_(emb.weight, std=0.02)
@@ -350,7 +357,7 @@ class UserTower(nn.Module):
         """hist_vecs (B, L, d) left-padded, valid (B, L) bool -> (B, d) or (B, L, d) when all_positions."""
         b, l, _ = hist_vecs.shape
         pos = (l - 1) - torch.arange(l, device=hist_vecs.device)
-        x = self.in_proj(hist_vecs) + self.pos_emb(pos.clamp(max=self.cfg.max_len - 1)).unsqueeze(0)
+        x = hist_vecs * math.sqrt(self.cfg.dim) + self.pos_emb(pos.clamp(max=self.cfg.max_len - 1)).unsqueeze(0)
         if self.gap_emb is not None and gaps is not None:
             x = x + self.gap_emb(gaps)
         x = self.drop(x) * valid.unsqueeze(-1).to(x.dtype)
@@ -373,7 +380,7 @@ class UserTower(nn.Module):
             side = side + self.aff_proj(affinity.float())
         if not isinstance(side, int) and all_positions:
             side = side.unsqueeze(1)
-        u = self.out(x + side)
+        u = x + side
         return F.normalize(u, dim=-1, eps=1e-6) if self.cfg.normalize else u
 
 
@@ -545,6 +552,12 @@ def target_counts(sequences: Sequence[Sequence[int]], n_items: int) -> np.ndarra
     return np.bincount(np.concatenate(s), minlength=n_items) if s else np.zeros(n_items)
 
 
+def make_optimizer(model: nn.Module, cfg: TwoTowerConfig) -> torch.optim.Optimizer:
+    """Adam with SASRec's betas (0.9, 0.98): part of what closed the gap to it (docs/benchmarks-beauty.md)."""
+    return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=(0.9, 0.98),
+                            weight_decay=cfg.weight_decay)
+
+
 def build_model(cfg: TwoTowerConfig, feats: ItemFeatures, train_sequences=None) -> TwoTowerModel:
     counts = target_counts(train_sequences, feats.n_items) if train_sequences is not None else None
     return TwoTowerModel(cfg, feats, counts)
@@ -569,7 +582,7 @@ def fit_two_tower(
     device = torch.device(cfg.device)
     arrays = training_arrays(train_sequences, train_timestamps if cfg.use_recency else None, cfg, train_side)
     model = build_model(cfg, feats, train_sequences).to(device)
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(model, cfg)
     history: list[dict] = []
     best, best_state, bad = -1.0, None, 0
     key = f"NDCG@{cfg.eval_k}"
