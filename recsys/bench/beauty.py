@@ -29,7 +29,9 @@ def command_of(args: dict, model: str) -> str:
     command = (f"python -m recsys.train.beauty_benchmark --models {model} --device {args['device']} "
                f"--epochs {args['epochs']} --patience {args['patience']} --batch-size {args['batch_size']} "
                f"--lr {args['lr']} --time-budget {args['time_budget']:g} --threads {args['threads']} --seed {args['seed']}")
-    return command + (" --ann-dsn <the recsys Postgres>" if args.get("ann_dsn") else "")
+    command += "".join(f" --set {pair}" for pair in args.get("set") or [])
+    command += " --ann-dsn recsys" if args.get("ann_dsn") else ""
+    return command + (" --served" if args.get("served") else "")
 
 
 def import_results(paths: list[Path], where: str | None, suffix: str = "") -> None:
@@ -41,6 +43,10 @@ def import_results(paths: list[Path], where: str | None, suffix: str = "") -> No
                        if m in METRICS or m.startswith(("coverage", "long_tail"))}
             for m, v in body.get("ann_metrics", {}).items():  # the same model through pgvector HNSW
                 figures[f"beauty.{model}_ann.{m.lower()}"] = (v, "fraction")
+            for m, v in body.get("served_metrics", {}).items():  # HNSW top 120 -> ranker (beauty_served)
+                stage, _, metric = m.partition(".")
+                if stage in ("served", "retrieval"):
+                    figures[f"beauty.{stage if stage == 'served' else 'served_retrieval'}.{metric.lower()}"] = (v, "fraction")
             if "epochs_run" in body:
                 figures[f"beauty.{model}.epochs"] = (body["epochs_run"], "epochs")
             record(figures, command_of(result["args"], run_name), where=where)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from recsys.services.base import redact
 from recsys.train.metrics import DEFAULT_KS, SeenIndex, evaluate_full_ranking, long_tail_mask
 from recsys.train.splits import LeaveOneOut, leave_one_out
 
@@ -98,11 +99,17 @@ def run_pop(split: LeaveOneOut, n_items: int, **_) -> dict:
     return {"metrics": _eval(m.score, split, n_items)}
 
 
+def als_config(seed: int = 0):
+    from recsys.train.als import ALSConfig
+
+    return ALSConfig(factors=64, regularization=0.05, alpha=10.0, iterations=15, seed=seed)
+
+
 def run_als(split: LeaveOneOut, n_items: int, seed: int = 0, **_) -> dict:
-    from recsys.train.als import ALSConfig, ALSRecommender
+    from recsys.train.als import ALSRecommender
     from recsys.train.popularity import interaction_matrix
 
-    cfg = ALSConfig(factors=64, regularization=0.05, alpha=10.0, iterations=15, seed=seed)
+    cfg = als_config(seed)
     valid = ALSRecommender(cfg).fit(interaction_matrix(split.train, n_items))
     vm = evaluate_full_ranking(valid.score, split.valid_target, split.valid_seen, (10,))
     m = ALSRecommender(cfg).fit(interaction_matrix(split.train_plus_valid(), n_items))
@@ -171,7 +178,7 @@ def overrides(pairs: list[str]) -> dict:
     return out
 
 
-def run_two_tower(split: LeaveOneOut, n_items: int, name: str, data: dict, args, **_) -> dict:
+def run_two_tower(split: LeaveOneOut, n_items: int, name: str, data: dict, args, dsn: str | None = None) -> dict:
     import torch
 
     from recsys.train.two_tower import EvalSet, ItemFeatures, evaluate_two_tower, fit_two_tower, pad_lists
@@ -195,9 +202,26 @@ def run_two_tower(split: LeaveOneOut, n_items: int, name: str, data: dict, args,
     best = max((h.get("valid_NDCG@10", -1) for h in history), default=-1)
     out = {"metrics": metrics, "valid_NDCG@10": best, "epochs_run": len(history), "fit_seconds": fit_s,
            "history": history, "config": asdict(cfg)}
-    if args.ann_dsn:
-        out["ann_metrics"] = ann_metrics(model, EvalSet.test(split), args.ann_dsn, name)
+    if dsn:
+        out["ann_metrics"] = ann_metrics(model, EvalSet.test(split), dsn, name)
+    if args.served:
+        from recsys.train.beauty_served import served_metrics
+
+        out["served_metrics"] = served_metrics(model, split, data, dsn, name, als_config(args.seed),
+                                               log=lambda s: print(f"[{name}] {s}", flush=True))
     return out
+
+
+def resolve_dsn(value: str | None) -> str | None:
+    """``recsys``: the platform's own Postgres (the embedded one, started if it is not running)."""
+    if value != "recsys":
+        return value
+    from recsys.config import load_config
+    from recsys.services import Postgres
+
+    postgres = Postgres(load_config())
+    postgres.start()
+    return postgres.dsn
 
 
 def ann_metrics(model, test, dsn: str, name: str, ks=DEFAULT_KS, ef_search: int = 200) -> dict:
@@ -266,9 +290,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default=None)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a TwoTowerConfig field of the sequence models (ablations)")
-    p.add_argument("--ann-dsn", default=None, help="a Postgres+pgvector DSN: also measure the sequence models "
-                   "through an HNSW index there, as serving retrieves")
+    p.add_argument("--ann-dsn", default=None, help="a Postgres+pgvector DSN, or 'recsys' for the platform's own: "
+                   "also measure the sequence models through an HNSW index there, as serving retrieves")
+    p.add_argument("--served", action="store_true", help="also the served path (HNSW top 120, then a LightGBM "
+                   "ranker learned on the validation requests; recsys.train.beauty_served); needs --ann-dsn")
     args = p.parse_args(argv)
+    if args.served and not args.ann_dsn:
+        p.error("--served needs --ann-dsn (a DSN, or 'recsys')")
+    dsn = resolve_dsn(args.ann_dsn)
     if args.threads:
         import torch
 
@@ -284,7 +313,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"users {split.n_users} items {n_items} train interactions {sum(map(len, split.train))}", flush=True)
     results: dict = {"protocol": "leave-one-out, full ranking, history excluded, test input last 50",
                      "users": split.n_users, "items": n_items, "device": args.device,
-                     "args": vars(args), "models": {}}
+                     "args": vars(args) | {"ann_dsn": redact(dsn)}, "models": {}}
     if args.device.startswith("cuda"):
         import torch
 
@@ -301,12 +330,14 @@ def main(argv: list[str] | None = None) -> dict:
         elif name == "content_knn":
             r = run_content_knn(split, n_items, title_emb=args.title_emb)
         else:
-            r = run_two_tower(split, n_items, name, data, args)
+            r = run_two_tower(split, n_items, name, data, args, dsn)
         r["seconds"] = time.perf_counter() - t0
         results["models"][name] = r
         m = r["metrics"]
         print(f"{name:18s} " + " ".join(f"{k} {m[k]:.4f}" for k in
               ("HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20")) + f"  ({r['seconds']:.0f}s)", flush=True)
+        if "served_metrics" in r:
+            print("served path        " + " ".join(f"{k} {v:.4f}" for k, v in r["served_metrics"].items()), flush=True)
         if args.out:
             Path(args.out).write_text(json.dumps(results, indent=2, default=float))
     print(json.dumps({k: {m: round(v, 4) for m, v in r["metrics"].items()} for k, r in results["models"].items()}, indent=1))
