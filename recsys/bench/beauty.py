@@ -12,6 +12,7 @@ from pathlib import Path
 
 from recsys.bench.report import DOCS, record
 
+ABLATIONS = "<!-- below: ablations, written by hand; recsys.bench.beauty keeps them -->"
 METRICS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20")
 # shared/data/amazon-beauty/README.md: published full-ranking results on this exact file.
 PUBLISHED = {
@@ -67,7 +68,9 @@ def write_table(docs: Path) -> None:
         lines.append(f"| **{model}** (ours) | {cells} | {data[f'beauty.{model}.ndcg@10']['machine']} |")
     for model, values in PUBLISHED.items():
         lines.append(f"| {model} (published) | " + " | ".join(f"{v:.4f}" for v in values) + " | README |")
-    (docs / "benchmarks-beauty.md").write_text("\n".join(lines) + "\n")
+    path = docs / "benchmarks-beauty.md"
+    kept = path.read_text().partition(ABLATIONS)[2] if path.exists() else ""
+    path.write_text("\n".join(lines) + "\n" + (f"\n{ABLATIONS}{kept}" if kept else ""))
     record({}, "", docs)  # regenerate benchmarks.md with the table
 
 
