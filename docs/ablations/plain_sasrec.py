@@ -1,4 +1,9 @@
-"""Scratch: a plain SASRec (pmixer-style) on our split and evaluation, to locate the gap."""
+"""A plain SASRec (pmixer-style: xavier init, embeddings x sqrt(d), SASRec's block, dot product with the
+shared table, dropout 0.5, Adam lr 1e-3 betas (0.9, 0.98)) on our split and metric code: the reference the
+two-tower's user tower was compared with (docs/benchmarks-beauty.md). Prints validation NDCG@10 every 2 epochs.
+
+    HF_HUB_OFFLINE=1 python docs/ablations/plain_sasrec.py EPOCHS
+"""
 import sys, time, math, numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from recsys.train.beauty_benchmark import load_beauty, find_data_dir
 from recsys.train.splits import leave_one_out
