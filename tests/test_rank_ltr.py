@@ -12,7 +12,9 @@ from recsys.rank.features import NAMES as FEATURE_NAMES
 from tests.conftest import make_cfg
 
 OVERRIDES = ("ranker.max_requests=1000", "ranker.lightgbm.cpus_per_worker=0.5", "ranker.lightgbm.num_boost_round=60",
-             "ranker.lightgbm.early_stopping_rounds=15", "ranker.mlp.epochs=6", "ranker.mlp.patience=3")
+             "ranker.lightgbm.early_stopping_rounds=15", "ranker.mlp.epochs=6", "ranker.mlp.patience=3",
+             "ranker.xgboost.cpus_per_worker=0.5", "ranker.xgboost.num_boost_round=60",
+             "ranker.xgboost.early_stopping_rounds=15")
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +59,7 @@ def test_mlp_trains_beats_retrieval_order_and_round_trips(lists, tmp_path):
 
 
 def test_train_cli_lightgbm_on_ray_beats_retrieval_order(stack):
-    """`python -m recsys.rank.train`: Postgres log -> lists -> Ray Train LightGBM + MLP -> registry."""
+    """`python -m recsys.rank.train`: Postgres log -> lists -> Ray Train LightGBM and XGBoost + MLP -> registry."""
     from recsys.data import load_world
     from recsys.rank.evaluate import ndcg_at_k
     from recsys.rank.features import ItemTable
@@ -77,6 +79,7 @@ def test_train_cli_lightgbm_on_ray_beats_retrieval_order(stack):
     k = "ndcg@12"
     assert result[f"lightgbm_{k}"] > result[f"retrieval_order_{k}"] + 0.05, result
     assert result[f"mlp_{k}"] > result[f"retrieval_order_{k}"], result
+    assert result[f"xgboost_{k}"] > result[f"retrieval_order_{k}"] + 0.05, result   # XGBoostTrainer, same lists
     with psycopg.connect(Postgres(stack).dsn, autocommit=True) as conn:
         record = registry.get(conn, result["version"])
         items, events = ItemTable.from_postgres(conn), read_log(conn)

@@ -22,6 +22,7 @@ from recsys.rank.evaluate import compare
 from recsys.rank.features import ItemTable, feature_table
 from recsys.rank.ltr import train_lightgbm
 from recsys.rank.mlp import train_mlp
+from recsys.rank.xgb import train_xgboost
 from recsys.rank.offline import build_lists
 
 MLP_FILE = "mlp.pt"
@@ -87,10 +88,12 @@ def run(cfg) -> dict:
           f"{len(lists.y)} rows", flush=True)
     ensure_ray(cfg)
     lgb_ranker, lgb_info = train_lightgbm(train, valid, r.lightgbm, out / "ray", name=version)
+    xgb_ranker, xgb_info = train_xgboost(train, valid, r.xgboost, out / "ray", name=f"{version}-xgboost")
     mlp_ranker, mlp_info = train_mlp(train, valid, r.mlp, seed=int(r.seed))
     k = int(list(r.ks)[0])
-    metrics = compare(valid, {"lightgbm": lgb_ranker, "mlp": mlp_ranker}, k)
+    metrics = compare(valid, {"lightgbm": lgb_ranker, "xgboost": xgb_ranker, "mlp": mlp_ranker}, k)
     metrics.update({"train_lists": float(len(train.group)), "lightgbm_best_iteration": lgb_info.get("best_iteration"),
+                    "xgboost_best_iteration": xgb_info.get("best_iteration"),
                     "mlp_epochs": mlp_info["epochs"], "content_vectors": content is not None})
     live = live_on_same_lists(cfg, valid, k)   # the gate compares with the live ranker on these very lists
     if live is not None:
@@ -107,7 +110,7 @@ def run(cfg) -> dict:
     metrics["promoted"] = outcome is not None and outcome.action == "live"
     metrics["release"] = outcome.action if outcome else "candidate"
     print(outcome.line() if outcome else f"{version}: registered as candidate (ranker.promote false)", flush=True)
-    for name in ("retrieval_order", "lightgbm", "mlp"):
+    for name in ("retrieval_order", "lightgbm", "xgboost", "mlp"):
         print(f"NDCG@{k} {name:16s} {metrics[f'{name}_ndcg@{k}']:.4f}", flush=True)
     print(f"[{time.monotonic() - started:6.1f}s] {version} registered, artefacts in {out}", flush=True)
     return {"version": version, "artifact_uri": str(out.resolve()), **metrics}
