@@ -60,29 +60,36 @@ def _train_loop(config: dict) -> None:
         ray.train.report(metrics)
 
 
-def train_lightgbm(train: TrainingLists, valid: TrainingLists, lgb_cfg, storage_path: str | Path,
-                   name: str = "ranker-lightgbm") -> tuple[LTRRanker, dict]:
-    """Fit lambdarank on Ray Train (the caller has run `ensure_ray`); returns the ranker and its metrics."""
-    import lightgbm as lgb
+def fit_gbdt_on_ray(trainer_cls, loop, data: dict, gbdt_cfg, storage_path: str | Path, name: str):
+    """One boosted-trees fit on Ray Train (LightGBMTrainer or XGBoostTrainer): the lists through the object
+    store, the config's rounds, early stopping and workers; returns Ray's Result (metrics, checkpoint)."""
     import ray
     from omegaconf import OmegaConf
     from ray.train import RunConfig, ScalingConfig
-    from ray.train.lightgbm import LightGBMTrainer
 
-    def arrays(lists: TrainingLists) -> dict:
-        return {"X": lists.X.astype(np.float64), "y": lists.y.astype(np.int32), "group": lists.group}
-
-    cfg = OmegaConf.to_container(lgb_cfg, resolve=True) if OmegaConf.is_config(lgb_cfg) else dict(lgb_cfg)
-    data = ray.put({"train": arrays(train), "valid": arrays(valid)})
-    trainer = LightGBMTrainer(
-        _train_loop,
-        train_loop_config={"data": data, "params": cfg["params"], "num_boost_round": cfg["num_boost_round"],
+    cfg = OmegaConf.to_container(gbdt_cfg, resolve=True) if OmegaConf.is_config(gbdt_cfg) else dict(gbdt_cfg)
+    trainer = trainer_cls(
+        loop,
+        train_loop_config={"data": ray.put(data), "params": cfg["params"], "num_boost_round": cfg["num_boost_round"],
                            "early_stopping_rounds": cfg["early_stopping_rounds"]},
         scaling_config=ScalingConfig(num_workers=int(cfg["num_workers"]),
                                      resources_per_worker={"CPU": float(cfg["cpus_per_worker"])}),
         run_config=RunConfig(name=name, storage_path=str(Path(storage_path).resolve())),
     )
-    result = trainer.fit()
+    return trainer.fit()
+
+
+def train_lightgbm(train: TrainingLists, valid: TrainingLists, lgb_cfg, storage_path: str | Path,
+                   name: str = "ranker-lightgbm") -> tuple[LTRRanker, dict]:
+    """Fit lambdarank on Ray Train (the caller has run `ensure_ray`); returns the ranker and its metrics."""
+    import lightgbm as lgb
+    from ray.train.lightgbm import LightGBMTrainer
+
+    def arrays(lists: TrainingLists) -> dict:
+        return {"X": lists.X.astype(np.float64), "y": lists.y.astype(np.int32), "group": lists.group}
+
+    result = fit_gbdt_on_ray(LightGBMTrainer, _train_loop, {"train": arrays(train), "valid": arrays(valid)}, lgb_cfg,
+                             storage_path, name)
     with result.checkpoint.as_directory() as path:
         booster = lgb.Booster(model_file=str(Path(path) / MODEL_FILE))
     return LTRRanker(booster), dict(result.metrics or {})

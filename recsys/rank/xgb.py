@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recsys.rank.ltr import _shard
+from recsys.rank.ltr import _shard, fit_gbdt_on_ray
 from recsys.rank.offline import TrainingLists
 
 MODEL_FILE = "xgboost.json"
@@ -73,26 +73,14 @@ def _train_loop(config: dict) -> None:
 def train_xgboost(train: TrainingLists, valid: TrainingLists, xgb_cfg, storage_path: str | Path,
                   name: str = "ranker-xgboost") -> tuple[XGBoostRanker, dict]:
     """Fit rank:ndcg on Ray Train (the caller has run `ensure_ray`); returns the ranker and its metrics."""
-    import ray
     import xgboost as xgb
-    from omegaconf import OmegaConf
-    from ray.train import RunConfig, ScalingConfig
     from ray.train.xgboost import XGBoostTrainer
 
     def arrays(lists: TrainingLists) -> dict:
         return {"X": lists.X.astype(np.float32), "y": lists.y.astype(np.float32), "group": lists.group}
 
-    cfg = OmegaConf.to_container(xgb_cfg, resolve=True) if OmegaConf.is_config(xgb_cfg) else dict(xgb_cfg)
-    trainer = XGBoostTrainer(
-        _train_loop,
-        train_loop_config={"data": ray.put({"train": arrays(train), "valid": arrays(valid)}), "params": cfg["params"],
-                           "num_boost_round": cfg["num_boost_round"],
-                           "early_stopping_rounds": cfg["early_stopping_rounds"]},
-        scaling_config=ScalingConfig(num_workers=int(cfg["num_workers"]),
-                                     resources_per_worker={"CPU": float(cfg["cpus_per_worker"])}),
-        run_config=RunConfig(name=name, storage_path=str(Path(storage_path).resolve())),
-    )
-    result = trainer.fit()
+    result = fit_gbdt_on_ray(XGBoostTrainer, _train_loop, {"train": arrays(train), "valid": arrays(valid)}, xgb_cfg,
+                             storage_path, name)
     booster = xgb.Booster()
     with result.checkpoint.as_directory() as path:
         booster.load_model(str(Path(path) / MODEL_FILE))
