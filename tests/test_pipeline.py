@@ -182,3 +182,61 @@ def test_serving_retrieves_with_the_live_two_tower_and_als(head):
     assert two_tower.store.get_user(fresh_user, live.version) is not None
     assert len(als.fetch(RecRequest(surface="homepage_hero", user_id=user), state, 30)) == 30
     assert len(als.fetch(RecRequest(surface="homepage_hero", user_id=fresh_user), newcomer, 30)) == 30
+
+
+def test_ranker_lists_carry_the_live_models_scores_from_before_them(head):
+    """Out-of-time scoring (recsys/rank/out_of_time.py): the ranker's lists come only from requests after
+    the live models' training data, carry both models' scores, and score a request as serving does."""
+    import numpy as np
+    from omegaconf import OmegaConf
+
+    from recsys.features.online_store import UserState
+    from recsys.rank import out_of_time
+    from recsys.rank.features import SCORE_COLUMNS, ItemTable
+    from recsys.rank.offline import EventLog, build_lists
+    from recsys.rank.train import read_log
+    from recsys.release.arms import Arm
+    from recsys.serve.model_sources import ALSSource
+    from recsys.serve.request import RecRequest
+    from recsys.serve.resources import Resources
+
+    cfg, _ = head
+    cfg = cfg.copy()
+    OmegaConf.update(cfg, "ranker.max_requests", 500)
+    with psycopg.connect(Postgres(cfg).dsn, autocommit=True) as conn:
+        items, events = ItemTable.from_postgres(conn), read_log(conn)
+        oot, why = out_of_time.from_registry(conn, cfg.ranker.out_of_time, items)
+        tt, als = registry.live(conn, "two_tower"), registry.live(conn, "als")
+    assert oot is not None, why
+    # the incremental ALS of the test above saw everything: its base stands for it
+    assert oot.versions == {"two_tower": tt.version, "als": als.metrics.get("base", als.version)}
+    assert oot.since == tt.metrics["trained_until"] < events["ts"].max().timestamp()
+    lists = build_lists(events, items, cfg.features, cfg.ranker, scorers=oot.scorers, since=oot.since,
+                        valid_days=float(cfg.ranker.out_of_time.valid_days))
+    assert len(lists.group) > 30 and (lists.meta["t"] >= oot.since).all()
+    assert lists.meta["valid"].any() and not lists.meta["valid"].all()
+    for column in ("score_two_tower", "score_als"):
+        filled = np.isfinite(lists.source_scores[:, SCORE_COLUMNS.index(column)])
+        assert filled.mean() > 0.1, column
+
+    # One request with a history, scored offline and by the serving path's models.
+    log = EventLog(events, items, cfg.features)
+    meta = lists.meta
+    row = next(i for i in range(len(meta)) if log.user_state(meta.at[i, "user_id"], meta.at[i, "t"]).views)
+    t = float(meta.at[row, "t"])
+    state = log.user_state(meta.at[row, "user_id"], t)
+    res = Resources(cfg)
+    models = res.models_for({"two_tower": tt.version, "als": oot.versions["als"]})
+    offline = oot.scorers["two_tower"](state, [], t)
+    served = models.items.search(models.two_tower.user_vector(state.views, t), 20)
+    np.testing.assert_allclose([offline[items.index[s]] for s, _ in served], [v for _, v in served], rtol=1e-4,
+                               atol=1e-5)
+    newcomer = UserState(user_id=f"oot-{time.time_ns()}", views=state.views)   # ALS folds a stranger in
+    page = [meta.at[row, "page_sku"]] if meta.at[row, "page_sku"] else []
+    offline = oot.scorers["als"](newcomer, page, t)
+    arm = Arm("control", {"two_tower": tt.version, "als": oot.versions["als"]})   # the scorer's ALS, not the fold-in's
+    served = ALSSource(res).fetch(RecRequest(surface="pdp_fbt" if page else "homepage_hero", user_id=newcomer.user_id,
+                                             skus=page, arm=arm), newcomer, 20)
+    assert served
+    np.testing.assert_allclose([offline[items.index[c.sku]] for c in served], [c.score for c in served], rtol=1e-4,
+                               atol=1e-5)

@@ -22,8 +22,8 @@ def record_models(cfg, docs=DOCS) -> dict:
                 continue
             figures = {}
             for name, value in model.metrics.items():
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    continue
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or name == "trained_until":
+                    continue   # trained_until is a moment (epoch seconds), not a figure
                 counts = ("users", "epoch", "lists", "iteration")
                 unit = "s" if "seconds" in name else "count" if any(c in name for c in counts) else "fraction"
                 if "max_abs_diff" in name:

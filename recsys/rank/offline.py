@@ -23,8 +23,9 @@ from recsys.rank.features import COUNTER_KEYS, NAMES, SCORE_COLUMNS, ItemTable, 
 
 GRADES = {"product_viewed": 1, "add_to_cart": 2, "purchase_completed": 3}
 TYPES = ("product_viewed", "add_to_cart", "purchase_completed")
-# An optional retriever: (user_id, t, recent view item indices newest first) -> scores over all items.
-Scorer = Callable[[str, float, np.ndarray], "np.ndarray | None"]
+# A model's retrieval as serving runs it: (the user's state at t, the page and cart SKUs, t) -> scores
+# over all items in ItemTable order (-inf where it knows no item), or None when it proposes nothing.
+Scorer = Callable[[UserState, list[str], float], "np.ndarray | None"]
 
 
 @dataclass
@@ -177,7 +178,7 @@ class OfflineRetrieval:
             for dst in row:
                 self.fits.setdefault(dst, []).append(src)
 
-    def candidates(self, user_id: str, t: float, user: UserState, context: list[str], counters: np.ndarray
+    def candidates(self, t: float, user: UserState, context: list[str], counters: np.ndarray
                    ) -> tuple[list[str], np.ndarray]:
         idx = self.items.index
         exclude = np.array([idx[s] for s in context if s in idx], dtype=np.int64)
@@ -199,7 +200,7 @@ class OfflineRetrieval:
                 query /= np.linalg.norm(query) or 1.0
                 lists["content"] = _top(self.content @ query, q["content"], exclude)
         for name, fn in self.scorers.items():
-            scores = fn(user_id, t, recent)
+            scores = fn(user, context, t)
             if scores is not None and q.get(name):
                 lists[name] = _top(np.asarray(scores), q[name], exclude)
         # The blend (as the serving RankBlend): a source's share of the quotas, earlier ranks count more.
@@ -237,12 +238,13 @@ class OfflineRetrieval:
         return rows[:n]
 
 
-def request_points(log: EventLog, max_requests: int, seed: int) -> pd.DataFrame:
+def request_points(log: EventLog, max_requests: int, seed: int, since: float = -np.inf) -> pd.DataFrame:
     """Rows of the log where a request happens: every view (pdp_fbt) and every session start
-    (homepage_hero), sampled down to `max_requests`, in time order."""
+    (homepage_hero) at or after `since`, sampled down to `max_requests`, in time order."""
     views = np.flatnonzero(log.type == "product_viewed")
     sess = pd.Series(log.session).astype(str) + "|" + pd.Series(log.user)
     starts = np.flatnonzero(~sess.duplicated().to_numpy())
+    views, starts = views[log.t[views] >= since], starts[log.t[starts] >= since]
     points = pd.DataFrame({"row": np.concatenate([views, starts]),
                            "surface": ["pdp_fbt"] * len(views) + ["homepage_hero"] * len(starts)})
     if len(points) > max_requests:
@@ -282,7 +284,7 @@ def request_context(log: EventLog, retrieval: OfflineRetrieval, counters_now: np
     t = float(log.t[row])
     user = log.user_state(log.user[row], t)
     page = [log.sku[row]] if surface == "pdp_fbt" else []
-    cands, src = retrieval.candidates(log.user[row], t, user, page + sorted(user.cart), counters_now)
+    cands, src = retrieval.candidates(t, user, page + sorted(user.cart), counters_now)
     if not cands:
         return None
     cidx = np.array([log.items.index[s] for s in cands])
@@ -298,14 +300,16 @@ def features_at(log: EventLog, retrieval: OfflineRetrieval, row: int, surface: s
 
 def build_lists(events: pd.DataFrame, items: ItemTable, features_cfg, ranker_cfg,
                 content: np.ndarray | None = None, scorers: dict[str, Scorer] | None = None,
-                keep_empty: bool = False) -> TrainingLists:
-    """Training lists from the log. `ranker_cfg` carries quotas, max_candidates, max_requests,
-    horizon_h, valid_days and seed (conf/ranker/default.yaml)."""
+                keep_empty: bool = False, since: float = -np.inf, valid_days: float | None = None) -> TrainingLists:
+    """Training lists from the log's requests at or after `since` (when the `scorers` were fitted on the
+    events before it: recsys/rank/out_of_time.py). `ranker_cfg` carries quotas, max_candidates,
+    max_requests, horizon_h, valid_days (unless given) and seed (conf/ranker/default.yaml)."""
     log = EventLog(events, items, features_cfg)
     retrieval = OfflineRetrieval(items, dict(ranker_cfg.quotas), int(ranker_cfg.max_candidates), content, scorers)
     sweep = CounterSweep(log, list(features_cfg.counter_windows_h))
-    points = request_points(log, int(ranker_cfg.max_requests), int(ranker_cfg.seed))
-    valid_from = (log.t.max() if len(log.t) else 0.0) - float(ranker_cfg.valid_days) * 86400
+    points = request_points(log, int(ranker_cfg.max_requests), int(ranker_cfg.seed), since)
+    valid_days = float(ranker_cfg.valid_days if valid_days is None else valid_days)
+    valid_from = (log.t.max() if len(log.t) else 0.0) - valid_days * 86400
     horizon = float(ranker_cfg.horizon_h) * 3600
     Xs, ys, groups, skus_all, scores_all, meta = [], [], [], [], [], []
     for row, surface, t in points[["row", "surface", "t"]].itertuples(index=False):

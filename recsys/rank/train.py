@@ -19,10 +19,11 @@ from omegaconf import OmegaConf
 from recsys.config import load_config
 from recsys.models.ranker import MODEL_FILE
 from recsys.rank.evaluate import compare
-from recsys.rank.features import ItemTable, feature_table
+from recsys.rank.features import SCORE_COLUMNS, ItemTable, feature_table
 from recsys.rank.ltr import train_lightgbm
 from recsys.rank.mlp import train_mlp
 from recsys.rank.xgb import train_xgboost
+from recsys.rank import out_of_time
 from recsys.rank.offline import build_lists
 
 MLP_FILE = "mlp.pt"
@@ -67,6 +68,32 @@ def live_on_same_lists(cfg, valid, k: int) -> float | None:
         return None
 
 
+def _filled(lists, column: str) -> float:
+    """Share of the lists' rows that carry this retrieval score (a source proposed the candidate)."""
+    values = lists.source_scores[:, SCORE_COLUMNS.index(column)]
+    return float(np.isfinite(values).mean()) if len(values) else 0.0
+
+
+def training_lists(conn: psycopg.Connection, cfg, started: float | None = None):
+    """The lists from the event log, each candidate scored by the two-tower and ALS versions of
+    `ranker.out_of_time` when they record the end of their training data (then only requests after it:
+    recsys/rank/out_of_time.py); without them, the whole log and no scores of theirs."""
+    r = cfg.ranker
+    stamp = f"[{time.monotonic() - started:6.1f}s] " if started is not None else ""
+    items = ItemTable.from_postgres(conn)
+    events = read_log(conn)
+    content = content_vectors(conn, items)
+    oot, why_not = out_of_time.from_registry(conn, r.out_of_time, items)
+    if oot is None:
+        print(f"{stamp}no out-of-time retrieval scores ({why_not}): the two-tower and ALS features are "
+              "missing from the lists", flush=True)
+        return build_lists(events, items, cfg.features, r, content=content), None
+    print(f"{stamp}retrieval scores out of time from {', '.join(oot.versions.values())}: requests after "
+          f"{datetime.fromtimestamp(oot.since, timezone.utc):%Y-%m-%d %H:%M}", flush=True)
+    return build_lists(events, items, cfg.features, r, content=content, scorers=oot.scorers, since=oot.since,
+                       valid_days=float(r.out_of_time.valid_days)), oot
+
+
 def run(cfg) -> dict:
     from recsys.raycluster import ensure_ray
     from recsys.registry import models as registry
@@ -79,13 +106,13 @@ def run(cfg) -> dict:
     out = Path(cfg.state_dir) / "artifacts" / version
     out.mkdir(parents=True, exist_ok=True)
     with psycopg.connect(Postgres(cfg).dsn, autocommit=True) as conn:
-        items = ItemTable.from_postgres(conn)
-        events = read_log(conn)
-        content = content_vectors(conn, items)
-    lists = build_lists(events, items, cfg.features, r, content=content)
+        lists, oot = training_lists(conn, cfg, started)
     train, valid = lists.split()
     print(f"[{time.monotonic() - started:6.1f}s] lists: {len(train.group)} train / {len(valid.group)} valid, "
           f"{len(lists.y)} rows", flush=True)
+    if not len(train.group) or not len(valid.group):
+        raise SystemExit("no training or no validation lists: more events after the models' training data are "
+                         "needed (or ranker.out_of_time.valid_days smaller)")
     ensure_ray(cfg)
     lgb_ranker, lgb_info = train_lightgbm(train, valid, r.lightgbm, out / "ray", name=version)
     xgb_ranker, xgb_info = train_xgboost(train, valid, r.xgboost, out / "ray", name=f"{version}-xgboost")
@@ -94,7 +121,9 @@ def run(cfg) -> dict:
     metrics = compare(valid, {"lightgbm": lgb_ranker, "xgboost": xgb_ranker, "mlp": mlp_ranker}, k)
     metrics.update({"train_lists": float(len(train.group)), "lightgbm_best_iteration": lgb_info.get("best_iteration"),
                     "xgboost_best_iteration": xgb_info.get("best_iteration"),
-                    "mlp_epochs": mlp_info["epochs"], "content_vectors": content is not None})
+                    "mlp_epochs": mlp_info["epochs"], "content_scores": _filled(lists, "score_content"),
+                    "two_tower_scores": _filled(lists, "score_two_tower"), "als_scores": _filled(lists, "score_als"),
+                    "out_of_time_scores": oot is not None, "out_of_time_versions": oot.versions if oot else {}})
     live = live_on_same_lists(cfg, valid, k)   # the gate compares with the live ranker on these very lists
     if live is not None:
         metrics[f"live_ranker_ndcg@{k}"] = live

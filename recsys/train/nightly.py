@@ -43,6 +43,9 @@ def run(cfg) -> dict:
     step(f"1/3 training pipeline: embeddings, two-tower, ALS ({'%g GPUs' % gpus if gpus else 'CPU only'})")
     trained = pipeline.run(cfg)
     step("2/3 learning-to-rank model")
+    # its lists carry the scores of the models it will be released with (fitted before those lists)
+    OmegaConf.update(cfg, "ranker.out_of_time.two_tower", trained["version"])
+    OmegaConf.update(cfg, "ranker.out_of_time.als", trained["als_version"])
     ranked = rank_train.run(cfg)
     step("3/3 release: gates, then a canary (or live)")
     versions = {"two_tower": trained["version"], "als": trained["als_version"],

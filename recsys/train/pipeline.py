@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import psycopg
 from omegaconf import OmegaConf
 
@@ -124,10 +125,13 @@ def run(cfg) -> dict:
         metrics.update(ann)
         for name, value in ann.items():
             print(f"       {name:<40} {value:.4f}", flush=True)
+        # both saw only the events before the holdout cutoff: the ranker's lists after it may use their
+        # scores (recsys/rank/out_of_time.py)
+        trained_until = float(pd.Timestamp(data.holdout.cutoff).timestamp())
         all_metrics = {**metrics, **parity, **{k: v for k, v in train_metrics.items() if isinstance(v, (int, float))},
-                       "seconds_until_registered": time.monotonic() - step.started}
+                       "seconds_until_registered": time.monotonic() - step.started, "trained_until": trained_until}
         registry.register(conn, tt_version, "two_tower", str(out.resolve()), model_cfg, all_metrics)
-        als_metrics = {k: v for k, v in metrics.items() if k.startswith("als.")}
+        als_metrics = {k: v for k, v in metrics.items() if k.startswith("als.")} | {"trained_until": trained_until}
         als_metrics["als.finite_factors"] = float(np.isfinite(als.item_factors).all() and np.isfinite(als.user_factors).all())
         registry.register(conn, als_version, "als", str(als_path.resolve()), OmegaConf.to_container(p.als), als_metrics)
         # the gates (conf/gates/), then a canary against the live pair, or live when there is none
