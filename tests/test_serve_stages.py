@@ -220,3 +220,31 @@ def test_a_device_page_and_a_device_cart_lead_with_what_fits_the_device(world, r
         assert all(s in fits for s in top), (surface, top)
         later = [fits[i["sku"]] for i in items[4:] if i["sku"] in fits]
         assert min(fits[s] for s in top) >= max(later, default=0.0), (top, later)   # made-for-the-model first
+
+
+def test_long_tail_slots_give_the_last_slots_to_the_best_ranked_tail_candidates(world, recommender, shopper):
+    """surfaces.<s>.long_tail_slots: at least that many slots outside the head (the serve.head_share most
+    interacted SKUs); the best-ranked tail candidates the rail lacked take the places of its last head
+    picks, and the other slots keep their order."""
+    recommender.res.refresh(wait=True)
+    head, n_items = recommender.res.head_skus, len(recommender.res.catalog.items)
+    assert 0 < len(head) <= round(0.2 * n_items)
+    req = RecRequest("homepage_hero", user_id=shopper["user"])
+    user = recommender.stages["features"].lookup(req).user
+    candidates = recommender.stages["retrieval"].candidates(req, user).candidates
+    scores = RankBlend(world).score(req, user, candidates)
+
+    def rail(n: int) -> list[str]:
+        slots = Slots(make_cfg(f"surfaces.homepage_hero.long_tail_slots={n}"), recommender.res)
+        return [i["sku"] for i in slots.select(req, user, candidates, scores).items]
+
+    plain = rail(0)
+    n = sum(s not in head for s in plain) + 2            # two more than the rail holds anyway: it binds
+    tailed = rail(n)
+    ranked_tail = [c.sku for c, _ in Slots.ranked(candidates, scores) if c.sku not in head and c.sku not in plain]
+    assert len(ranked_tail) >= 2 and len(tailed) == len(plain) == 12
+    added = [s for s in tailed if s not in plain]
+    assert added == ranked_tail[:2] and tailed[-2:] == added                # the best of the tail, last
+    assert [s for s in tailed if s not in added] == [s for s in plain if s in tailed]   # the rest in order
+    dropped = [s for s in plain if s not in tailed]
+    assert all(s in head for s in dropped) and sum(s not in head for s in tailed) == n

@@ -75,6 +75,16 @@ def write_events(conn: psycopg.Connection, events: list[Event], dedupe_s: int = 
     return write_rows(conn, [event_row(e) for e in events], dedupe_s)
 
 
+def head_skus(conn: psycopg.Connection, days: int, share: float) -> frozenset[str]:
+    """The most-interacted `share` of the catalog over the last `days` of the log (events of any type):
+    the head; every other SKU is the long tail (the same split as recsys.train.metrics.long_tail_mask)."""
+    n = conn.execute("SELECT round(count(*) * %s)::int FROM items", (float(share),)).fetchone()[0]
+    rows = conn.execute(
+        "SELECT sku FROM events WHERE ts > (SELECT max(ts) FROM events) - make_interval(days => %s) "
+        "GROUP BY sku ORDER BY count(*) DESC, sku LIMIT %s", (int(days), int(n))).fetchall()
+    return frozenset(sku for (sku,) in rows)
+
+
 def bestsellers(conn: psycopg.Connection, days: int, limit: int | None = None) -> list[tuple[str, float]]:
     """Purchases and carts (views barely) over the last `days` of the log: the static "before" rail."""
     rows = conn.execute(

@@ -73,6 +73,7 @@ class Resources:
         self.content_vectors: dict[str, np.ndarray] = {}
         self.content_index: VectorIndex | None = None
         self.bestsellers: list[tuple[str, float]] = []
+        self.head_skus: frozenset[str] = frozenset()       # the most-interacted share of the catalog (long_tail_slots)
         self._next_refresh = 0.0
         self.producer = None
         self.impressions = None
@@ -200,6 +201,8 @@ class Resources:
                         self._catalog_state = state
                     self.bestsellers = event_log.bestsellers(conn, int(self.cfg.serve.bestseller_days),
                                                              int(self.cfg.serve.bestseller_pool))
+                    self.head_skus = event_log.head_skus(conn, int(self.cfg.serve.bestseller_days),
+                                                         float(self.cfg.serve.head_share))
                 self._next_refresh = time.monotonic() + max_age_s
             except Exception as exc:
                 log.warning("catalog snapshot not refreshed: %s", exc)
