@@ -9,7 +9,9 @@ ranker's canary against simulated shoppers until the controller rolls it back; d
 (`recsys nightly` on the running stack's world, timed), autoscale (Serve's autoscaling on a load ramp, on
 two Ray nodes of its own: recsys/bench/autoscale.py), dashboard (the dashboard's queries on 1M
 impressions in a scratch database: recsys/bench/dashboard.py), rails (would a merchandiser sign off the
-rails: what fits a device's page, no variant of a device in its cart: recsys/bench/rails.py).
+rails: what fits a device's page, no variant of a device in its cart: recsys/bench/rails.py), served (the
+home rail through retrieval, the live ranker and the slot stage on the last days of the log, offline:
+recsys/rank/served.py).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from recsys.bench.report import DOCS, record
 
 COMMAND = "make bench"
 PARTS = ("models", "ingest", "floor", "ann", "http", "soak", "chaos", "rules", "canary", "nightly",
-         "autoscale", "dashboard", "rails")
+         "autoscale", "dashboard", "rails", "served")
 
 
 def run_bench(cfg, only: str | None = None, docs: Path = DOCS, overrides: list[str] | None = None) -> int:
@@ -45,6 +47,14 @@ def run_bench(cfg, only: str | None = None, docs: Path = DOCS, overrides: list[s
         from recsys.bench.models import record_models
 
         record_models(cfg, docs)
+    if "served" in wanted:  # the live models and ranker, offline on the last days of the log
+        from recsys.rank.served import evaluate, figures
+
+        print("\n== served: the home rail through retrieval, the live ranker and the slot stage, offline")
+        result = evaluate(cfg)
+        for name, value in result.items():
+            print(f"  {name:<36} {value:.4f}" if isinstance(value, float) else f"  {name:<36} {value}")
+        record(figures(result), f"python -m recsys.rank.served (ranker {result['ranker_version']})", docs)
     if "ingest" in wanted:
         figures = bench_ingestion(cfg, int(b.ingest_events), int(b.freshness_samples))
         for name, (value, unit) in figures.items():
