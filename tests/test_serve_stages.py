@@ -224,8 +224,8 @@ def test_a_device_page_and_a_device_cart_lead_with_what_fits_the_device(world, r
 
 def test_long_tail_slots_give_the_last_slots_to_the_best_ranked_tail_candidates(world, recommender, shopper):
     """surfaces.<s>.long_tail_slots: at least that many slots outside the head (the serve.head_share most
-    interacted SKUs); the best-ranked tail candidates the rail lacked take the places of its last head
-    picks, and the other slots keep their order."""
+    interacted SKUs); tail candidates the rail lacked, the most similar to the session first (then by
+    rank), take the places of its last head picks, and the other slots keep their order."""
     recommender.res.refresh(wait=True)
     head, n_items = recommender.res.head_skus, len(recommender.res.catalog.items)
     assert 0 < len(head) <= round(0.2 * n_items)
@@ -241,10 +241,14 @@ def test_long_tail_slots_give_the_last_slots_to_the_best_ranked_tail_candidates(
     plain = rail(0)
     n = sum(s not in head for s in plain) + 2            # two more than the rail holds anyway: it binds
     tailed = rail(n)
-    ranked_tail = [c.sku for c, _ in Slots.ranked(candidates, scores) if c.sku not in head and c.sku not in plain]
+    def similarity(c) -> float:   # to the session: the content sources' score
+        return max((v for source, v in c.scores.items() if source.startswith("content")), default=-np.inf)
+
+    ranked_tail = [c.sku for c, _ in sorted(Slots.ranked(candidates, scores), key=lambda pair: -similarity(pair[0]))
+                   if c.sku not in head and c.sku not in plain]
     assert len(ranked_tail) >= 2 and len(tailed) == len(plain) == 12
     added = [s for s in tailed if s not in plain]
-    assert added == ranked_tail[:2] and tailed[-2:] == added                # the best of the tail, last
+    assert added == ranked_tail[:2] and tailed[-2:] == added                # the closest of the tail, last
     assert [s for s in tailed if s not in added] == [s for s in plain if s in tailed]   # the rest in order
     dropped = [s for s in plain if s not in tailed]
     assert all(s in head for s in dropped) and sum(s not in head for s in tailed) == n

@@ -21,7 +21,7 @@ import numpy as np
 import psycopg
 
 from recsys.config import load_config
-from recsys.rank.features import ItemTable, compute
+from recsys.rank.features import SCORE_COLUMNS, ItemTable, compute
 from recsys.rank.offline import CounterSweep, EventLog, OfflineRetrieval, labels_after, request_context
 
 ORDERS = ("retrieval_order", "ranker", "served_no_tail", "served")
@@ -106,7 +106,9 @@ def evaluate(cfg, k: int = 12, ranker_version: str | None = None) -> dict:
         ctx = replace(ctx, candidates=[ctx.candidates[i] for i in keep], source_scores=ctx.source_scores[keep],
                       counters=ctx.counters[keep])
         value = ranker.score(compute(ctx, items))
-        pooled = [Pooled(sku=s, source="blend") for s in ctx.candidates]
+        pooled = [Pooled(sku=s, source="blend", scores={c.removeprefix("score_"): float(v)   # as serving pools them
+                                                        for c, v in zip(SCORE_COLUMNS, row) if v == v})
+                  for s, row in zip(ctx.candidates, ctx.source_scores)]
         ranked = sorted(zip(pooled, [Score(float(v)) for v in value]), key=lambda p: p[1].value, reverse=True)
         rail = {"retrieval_order": ctx.candidates[:k], "ranker": [c.sku for c, _ in ranked[:k]],
                 "served_no_tail": [i["sku"] for i in plain.arrange(req, user, ranked, None).items],

@@ -115,23 +115,27 @@ class Slots:
         fitting = [i for i, (c, _) in enumerate(ranked) if c.sku in fit]
         return sorted(fitting, key=lambda i: -fit[ranked[i][0].sku])[:n]   # stable: ranker order among equals
 
-    def _long_tail(self, req: RecRequest, skus: list[str], picks: list[tuple[int, float]],
+    def _long_tail(self, req: RecRequest, pool: list[Pooled], picks: list[tuple[int, float]],
                    relevance: np.ndarray) -> list[tuple[int, float]]:
         """At least the surface's `long_tail_slots` of the picks outside the head (the most-interacted
-        share of the catalog, Resources.head_skus): the best-ranked tail candidates the picks lack take
-        the places of the last head picks. Relevance alone fills a rail with the same best sellers for
-        everyone (catalog coverage 2.5%, no tail: docs/quality.md); the first slots stay the ranker's."""
+        share of the catalog, Resources.head_skus): tail candidates the picks lack take the places of the
+        last head picks, the most similar to the page or session first (content sources), then by
+        relevance. Relevance alone fills a rail with the same best sellers for everyone (catalog coverage
+        2.5%, no tail), and among the tail it favours the same few for everyone too; content similarity
+        spreads the tail slots over twice as many SKUs for as many hits (docs/quality.md)."""
         n, head = int(self.surfaces[req.surface].get("long_tail_slots", 0)), self.res.head_skus
         if not n or not head:
             return picks
         chosen = {i for i, _ in picks}
-        short = n - sum(skus[i] not in head for i in chosen)
+        short = n - sum(pool[i].sku not in head for i in chosen)
         if short <= 0:
             return picks
-        order = np.argsort(-relevance, kind="stable")
-        extra = [int(i) for i in order if i not in chosen and skus[i] not in head][:short]
+        similarity = np.array([max((v for s, v in c.scores.items() if s.startswith("content")), default=-np.inf)
+                               for c in pool])
+        order = np.lexsort((-relevance, -similarity))
+        extra = [int(i) for i in order if i not in chosen and pool[i].sku not in head][:short]
         free = max(0, self._k(req) - len(picks))                  # empty slots first, then the last head picks
-        head_at = [j for j, (i, _) in enumerate(picks) if skus[i] in head]
+        head_at = [j for j, (i, _) in enumerate(picks) if pool[i].sku in head]
         drop = set(head_at[::-1][: max(0, len(extra) - free)])
         extra = extra[: free + len(drop)]
         return [p for j, p in enumerate(picks) if j not in drop] + [(i, 0.0) for i in extra]
@@ -149,8 +153,9 @@ class Slots:
             facts = request_facts(rules.table, req, user)
             plan = rules.plan(req.surface, facts)
         if plan is None or not plan.rules:
-            skus = [c.sku for c, _ in ranked]
-            picks = self._long_tail(req, skus, self._mmr(req, self._catalog_rows(skus), relevance), relevance)
+            pool = [c for c, _ in ranked]
+            picks = self._long_tail(req, pool, self._mmr(req, self._catalog_rows([c.sku for c in pool]), relevance),
+                                    relevance)
             items = [self._item(req, ranked[i], i, penalty) for i, penalty in picks]
             done = Arranged([], inactive=plan.inactive) if plan is not None else None
             return self._slate(req, self._fill(req, items, self._fallback(excluded)), rules, done)
@@ -172,7 +177,7 @@ class Slots:
         relevance = relevance[keep]
         picks = self._mmr(req, rows[keep] if table.catalog is self._codes_for else self._catalog_rows(
             [c.sku for c, _ in kept]), relevance)
-        picks = self._long_tail(req, [c.sku for c, _ in kept], picks, relevance)
+        picks = self._long_tail(req, [c for c, _ in kept], picks, relevance)
         penalties = dict(picks)
         order = np.array([i for i, _ in picks], dtype=np.int64)
         if len(kept) > len(order):   # then the rest by relevance
