@@ -6,7 +6,8 @@ boosts/buries on the ranked pool, then MMR, then floors, caps and quotas, then p
 lambda per surface: lambda 1 keeps the ranker's order, lower values trade relevance for spread. Two
 items are as similar as the summed weights of the attributes they share: category weighs more than
 price band, which has only a few values and would otherwise make everything look alike.
-Slots the pool cannot fill come from the surface's fallback (bestsellers, then the catalog).
+After MMR a surface's `long_tail_slots` give its last slots to candidates outside the head of the catalog
+(`_long_tail`). Slots the pool cannot fill come from the surface's fallback (bestsellers, then the catalog).
 """
 
 from __future__ import annotations
