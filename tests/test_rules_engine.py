@@ -60,7 +60,8 @@ class Snapshots(SimpleNamespace):
 
 
 def _slots(rules: CompiledRuleSet | None = None) -> Slots:
-    res = Snapshots(catalog=CATALOG, bestsellers=[(f"S{i:04d}", 1.0) for i in range(100, 160)],
+    bestsellers = [(f"S{i:04d}", 1.0) for i in range(100, 160)]
+    res = Snapshots(catalog=CATALOG, bestsellers=bestsellers, head_skus=frozenset(s for s, _ in bestsellers),
                     rules=SimpleNamespace(live=rules, live_version=rules.version if rules else None))
     return Slots(CFG, res)
 

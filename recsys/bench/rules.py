@@ -209,7 +209,7 @@ def setup(cfg, n_items: int = N_ITEMS, n_rules: int = N_RULES, n_candidates: int
         raise AssertionError(f"the generated rule set is invalid: {errors[:3]}")
     table = ItemTable(catalog, NOW)
     compiled = CompiledRuleSet("rules-bench", ruleset, table, [s for s, _ in bestsellers])
-    res = _Snapshots(catalog=catalog, bestsellers=bestsellers,
+    res = _Snapshots(catalog=catalog, bestsellers=bestsellers, head_skus=frozenset(s for s, _ in bestsellers),
                      rules=SimpleNamespace(live=compiled, live_version=compiled.version))
     slots = Slots(cfg, res)
     devices = [s for s in skus if catalog.items.at[s, "kind"] == "device"]
