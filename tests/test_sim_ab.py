@@ -66,8 +66,26 @@ def test_a_run_serves_every_arm_and_repeats_by_seed(ab_cfg):
     assert set(one) == set(ARMS)
     for arm, s in one.items():
         assert s["sessions"] > 40 and 0 < s["ctr"] < 1 and 0 < s["coverage"] <= 1, (arm, s)
+        assert 0 <= s["attach_rate"] <= 1 and s["devices_bought"] >= 0, (arm, s)
     # the bestseller arm shows one static list: little coverage; the served arms personalise
     assert one["bestsellers"]["coverage"] < one["personalized"]["coverage"]
     assert again["seeds"][0]["bestsellers"] == one["bestsellers"]   # same seed, same outcomes
     for arm in ARMS:
         assert again["seeds"][0][arm]["sessions"] == one[arm]["sessions"]
+
+
+def test_attach_rate_counts_a_device_whose_buyer_bought_what_fits_it_within_the_window():
+    from datetime import timedelta
+
+    import pandas as pd
+
+    from recsys.sim.ab import ArmTally
+
+    t0 = pd.Timestamp("2026-12-01", tz="UTC")
+    tally = ArmTally(device_buys=[("a", "PHONE", t0), ("b", "PHONE", t0), ("c", "TV", t0), ("d", "PHONE", t0)],
+                     accessory_buys={"a": [("CASE", t0 + timedelta(days=2))],     # fits, in time: attached
+                                     "b": [("CASE", t0 + timedelta(days=9))],     # fits, too late
+                                     "c": [("CASE", t0 + timedelta(hours=1))],    # does not fit a TV
+                                     "d": [("CASE", t0 - timedelta(hours=1))]})   # bought before the phone
+    assert tally.attach_rate({"PHONE": {"CASE"}, "TV": {"REMOTE"}}, timedelta(days=7)) == 0.25
+    assert ArmTally().attach_rate({}, timedelta(days=7)) == 0.0

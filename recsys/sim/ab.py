@@ -64,8 +64,18 @@ class ArmTally:
     revenue_by_kind: dict = field(default_factory=lambda: {"device": 0.0, "accessory": 0.0, "part": 0.0})
     shown: set = field(default_factory=set)
     shown_late: set = field(default_factory=set)   # shown after zero_impression_after_h into the run
+    device_buys: list = field(default_factory=list)     # (user, sku, ts) of every device bought
+    accessory_buys: dict = field(default_factory=dict)  # user -> [(sku, ts)] of accessories and parts bought
 
-    def summary(self, n_items: int) -> dict[str, float]:
+    def attach_rate(self, fits: dict[str, set], window: timedelta) -> float:
+        """Share of the devices bought whose buyer bought something made for them (the accessory graph)
+        within `window` after: the case study's attach rate."""
+        attached = [any(sku in fits.get(device, ()) and at <= when <= at + window
+                        for sku, when in self.accessory_buys.get(user, ()))
+                    for user, device, at in self.device_buys]
+        return float(np.mean(attached)) if attached else 0.0
+
+    def summary(self, n_items: int, fits: dict[str, set], attach_window: timedelta) -> dict[str, float]:
         s, r, rev = max(self.sessions, 1), max(self.rails, 1), self.revenue or 1.0
         return {"sessions": self.sessions, "ctr": self.clicked / r, "conversion": self.converted / s,
                 "aov": self.revenue / self.orders if self.orders else 0.0,
@@ -75,7 +85,8 @@ class ArmTally:
                 **{f"{kind}_revenue_share": v / rev for kind, v in self.revenue_by_kind.items()},
                 "long_tail_share": self.long_tail_slots / max(self.slots, 1),
                 "high_margin_share": self.high_margin_slots / max(self.slots, 1),
-                "coverage": len(self.shown) / n_items, "zero_impression_skus": n_items - len(self.shown_late)}
+                "coverage": len(self.shown) / n_items, "zero_impression_skus": n_items - len(self.shown_late),
+                "devices_bought": len(self.device_buys), "attach_rate": self.attach_rate(fits, attach_window)}
 
 
 class BestsellerRails:
@@ -116,6 +127,9 @@ class Catalog:
 
         tail = long_tail_mask(np.array([views.get(s, 0) for s in self.skus]), float(cfg.web.head_share))
         self.long_tail = {s for s, t in zip(self.skus, tail) if t}
+        self.fits: dict[str, set] = {}   # device -> what is made for it or fits it (the accessory graph)
+        for device, accessory in conn.execute("SELECT src_sku, dst_sku FROM item_edges"):
+            self.fits.setdefault(device, set()).add(accessory)
 
 
 def _events(raw: list[dict], limits: IntakeLimits) -> list:
@@ -168,7 +182,12 @@ class Run:
                 t.units += e["quantity"]
                 t.revenue += amount
                 t.margin += amount * self.catalog.margin.get(e["sku"], 0.0)
-                t.revenue_by_kind[self.catalog.kind.get(e["sku"], "part")] += amount
+                kind = self.catalog.kind.get(e["sku"], "part")
+                t.revenue_by_kind[kind] += amount
+                if kind == "device":
+                    t.device_buys.append((e["user_id"], e["sku"], e["ts"]))
+                else:
+                    t.accessory_buys.setdefault(e["user_id"], []).append((e["sku"], e["ts"]))
                 t.rail_revenue += amount if (e["context"] or {}).get("surface") else 0.0
         self.pending += _events(events, self.limits)
 
@@ -303,13 +322,15 @@ def run_ab(cfg, seeds: int | None = None) -> dict:
             policies = build_policies(run_cfg, sim)
             start = history_end(cfg.data.end)
             tallies = Run(run_cfg, world, policies, store, catalog, seed, start).run()
-            summaries.append({arm: t.summary(len(catalog.skus)) for arm, t in tallies.items()})
+            window = timedelta(days=float(sim.attach_days))
+            summaries.append({arm: t.summary(len(catalog.skus), catalog.fits, window) for arm, t in tallies.items()})
             seed_seconds.append(time.monotonic() - t0)
             log.info("seed %d: %.0f s", seed, seed_seconds[-1])
     finally:
         store.delete_all()
     baseline = str(sim.baseline)
-    metrics = ("conversion", "aov", "ctr", "revenue_per_session", "margin_per_session", "units_per_order")
+    metrics = ("conversion", "aov", "ctr", "revenue_per_session", "margin_per_session", "units_per_order",
+               "attach_rate")
     return {"seeds": summaries, "seconds": time.monotonic() - started, "seed_seconds": seed_seconds,
             "load_average": {"before": load_before, "after": os.getloadavg()[0]},
             "lifts": {m: lifts(summaries, baseline, m) for m in metrics},
@@ -361,7 +382,7 @@ def figures(result: dict, baseline: str) -> dict[str, tuple[float, str]]:
             for k in ("mean", "low", "high"):
                 out[f"sim.ab.{arm}.{metric}" + ("" if k == "mean" else f".{k}")] = (level[k], "fraction, mean over seeds")
     for arm in result["seeds"][0]:
-        for metric in ("conversion", "aov", "ctr"):
+        for metric in ("conversion", "aov", "ctr", "attach_rate"):
             out[f"sim.ab.{arm}.{metric}"] = (float(np.mean([s[arm][metric] for s in result["seeds"]])), "mean over seeds")
     out["sim.ab.seconds"] = (float(np.median(result["seed_seconds"])), "s per seed (median of the seeds)")
     return out
