@@ -329,12 +329,11 @@ def run_ab(cfg, seeds: int | None = None) -> dict:
     finally:
         store.delete_all()
     baseline = str(sim.baseline)
-    metrics = ("conversion", "aov", "ctr", "revenue_per_session", "margin_per_session", "units_per_order",
-               "attach_rate")
+    metrics = ("conversion", "aov", "ctr", "revenue_per_session", "margin_per_session", "units_per_order")
     return {"seeds": summaries, "seconds": time.monotonic() - started, "seed_seconds": seed_seconds,
             "load_average": {"before": load_before, "after": os.getloadavg()[0]},
             "lifts": {m: lifts(summaries, baseline, m) for m in metrics},
-            "levels": {m: levels(summaries, m) for m in SHARES}}
+            "levels": {m: levels(summaries, m) for m in LEVELS}}
 
 
 def _world(cfg):
@@ -366,7 +365,8 @@ COMMAND = "recsys sim ab --record"
 REPORTED = ("conversion", "aov")   # lifts written to docs/benchmarks.json, with their intervals
 
 
-SHARES = ("long_tail_share", "high_margin_share", "coverage")   # levels with intervals, per arm
+SHARES = ("long_tail_share", "high_margin_share", "coverage")   # of the slots (plotted), with intervals, per arm
+LEVELS = (*SHARES, "attach_rate")   # levels with intervals (a lift of the attach rate: a ratio of small shares)
 
 
 def figures(result: dict, baseline: str) -> dict[str, tuple[float, str]]:
@@ -377,12 +377,12 @@ def figures(result: dict, baseline: str) -> dict[str, tuple[float, str]]:
         for arm, lift in result["lifts"][metric].items():
             for k in ("mean", "low", "high"):
                 out[f"sim.ab.{arm}.{metric}_lift" + ("" if k == "mean" else f".{k}")] = (lift[k], "ratio - 1")
-    for metric in SHARES:
+    for metric in LEVELS:
         for arm, level in levels(result["seeds"], metric).items():
             for k in ("mean", "low", "high"):
                 out[f"sim.ab.{arm}.{metric}" + ("" if k == "mean" else f".{k}")] = (level[k], "fraction, mean over seeds")
     for arm in result["seeds"][0]:
-        for metric in ("conversion", "aov", "ctr", "attach_rate"):
+        for metric in ("conversion", "aov", "ctr"):
             out[f"sim.ab.{arm}.{metric}"] = (float(np.mean([s[arm][metric] for s in result["seeds"]])), "mean over seeds")
     out["sim.ab.seconds"] = (float(np.median(result["seed_seconds"])), "s per seed (median of the seeds)")
     return out
