@@ -32,7 +32,8 @@ def command_of(args: dict, model: str) -> str:
                f"--lr {args['lr']} --time-budget {args['time_budget']:g} --threads {args['threads']} --seed {args['seed']}")
     command += "".join(f" --set {pair}" for pair in args.get("set") or [])
     command += " --ann-dsn recsys" if args.get("ann_dsn") else ""
-    return command + (" --served" if args.get("served") else "")
+    command += " --served" if args.get("served") else ""
+    return command + (f" --title-emb {args['title_emb']}" if args.get("title_emb") else "")
 
 
 def import_results(paths: list[Path], where: str | None, suffix: str = "") -> None:

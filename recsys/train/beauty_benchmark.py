@@ -315,6 +315,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.served and not args.ann_dsn:
         p.error("--served needs --ann-dsn (a DSN, or 'recsys')")
     dsn = resolve_dsn(args.ann_dsn)
+    title_spec = args.title_emb   # as given (the results name it, so that the command reruns anywhere)
     if args.title_emb == "minilm":
         args.title_emb = str(title_vectors(args.data))
     if args.threads:
@@ -332,7 +333,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"users {split.n_users} items {n_items} train interactions {sum(map(len, split.train))}", flush=True)
     results: dict = {"protocol": "leave-one-out, full ranking, history excluded, test input last 50",
                      "users": split.n_users, "items": n_items, "device": args.device,
-                     "args": vars(args) | {"ann_dsn": redact(dsn)}, "models": {}}
+                     "args": vars(args) | {"ann_dsn": redact(dsn), "title_emb": title_spec}, "models": {}}
     if args.device.startswith("cuda"):
         import torch
 
