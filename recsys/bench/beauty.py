@@ -27,9 +27,13 @@ PUBLISHED = {
 
 
 def command_of(args: dict, model: str) -> str:
-    command = (f"python -m recsys.train.beauty_benchmark --models {model} --device {args['device']} "
-               f"--epochs {args['epochs']} --patience {args['patience']} --batch-size {args['batch_size']} "
-               f"--lr {args['lr']} --time-budget {args['time_budget']:g} --threads {args['threads']} --seed {args['seed']}")
+    """The command line that reruns a result (flags left at None are left out)."""
+    flags = {"--device": args["device"], "--epochs": args["epochs"], "--patience": args["patience"],
+             "--batch-size": args["batch_size"], "--lr": args["lr"], "--time-budget": args.get("time_budget"),
+             "--threads": args.get("threads"), "--seed": args["seed"]}
+    command = f"python -m recsys.train.beauty_benchmark --models {model}" + "".join(
+        f" {flag} {value:g}" if isinstance(value, float) else f" {flag} {value}"
+        for flag, value in flags.items() if value is not None)
     command += "".join(f" --set {pair}" for pair in args.get("set") or [])
     command += " --ann-dsn recsys" if args.get("ann_dsn") else ""
     command += " --served" if args.get("served") else ""
