@@ -41,6 +41,10 @@ def _nightly(cfg, capsys, make_live, run):
         assert [line.split("] ")[1][:3] for line in out.splitlines() if line.startswith("[nightly")] == \
             ["1/3", "2/3", "3/3", "don"]
         assert "7/8 item vectors into pgvector" in out               # the pipeline's own progress lines
+        # each step's time, as the bench reports it: the three make up the run (after Ray's start-up)
+        assert list(result["steps"]) == ["pipeline", "ranker", "release"]
+        assert all(s > 0 for s in result["steps"].values())
+        assert 0.5 * result["seconds"] < sum(result["steps"].values()) <= result["seconds"]
         assert result["release"] == "canary", out[-3000:]
         with psycopg.connect(Postgres(cfg).dsn, autocommit=True) as pg:
             c = canaries.get(pg, result["canary_id"])

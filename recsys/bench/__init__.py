@@ -103,9 +103,9 @@ def run_bench(cfg, only: str | None = None, docs: Path = DOCS, overrides: list[s
         print("\n== rails: device pages and one-device carts through the live models")
         record(bench_rails(cfg), RAILS, docs)
     if "nightly" in wanted:  # last: it trains for minutes (recsys/bench/nightly.py)
-        from recsys.bench.nightly import COMMAND as NIGHTLY, bench_nightly
+        from recsys.bench.nightly import bench_nightly, command
 
         print("\n== nightly: recsys nightly on this world, timed")
-        record(bench_nightly(cfg), NIGHTLY, docs)
+        record(bench_nightly(cfg), command(overrides), docs)
     print(f"written: {docs / 'benchmarks.md'}, {docs / 'benchmarks.json'}")
     return 0

@@ -29,8 +29,11 @@ def run(cfg) -> dict:
     from recsys.train import pipeline
 
     started = time.monotonic()
+    marks: list[tuple[str, float]] = []   # (step, when it began): the bench reports each step's share
 
-    def step(title: str) -> None:
+    def step(title: str, name: str | None = None) -> None:
+        if name:
+            marks.append((name, time.monotonic()))
         print(f"[nightly {time.monotonic() - started:6.1f}s] {title}", flush=True)
 
     cfg = cfg.copy()
@@ -40,23 +43,27 @@ def run(cfg) -> dict:
     if gpus:   # a GPU on the cluster: the two-tower's workers and the embedding actors use it
         OmegaConf.update(cfg, "pipeline.use_gpu", True)
         OmegaConf.update(cfg, "embedding.gpus_per_actor", max(float(cfg.embedding.gpus_per_actor), 1.0))
-    step(f"1/3 training pipeline: embeddings, two-tower, ALS ({'%g GPUs' % gpus if gpus else 'CPU only'})")
+    step(f"1/3 training pipeline: embeddings, two-tower, ALS ({'%g GPUs' % gpus if gpus else 'CPU only'})",
+         "pipeline")
     trained = pipeline.run(cfg)
-    step("2/3 learning-to-rank model")
+    step("2/3 learning-to-rank model", "ranker")
     # its lists carry the scores of the models it will be released with (fitted before those lists)
     OmegaConf.update(cfg, "ranker.out_of_time.two_tower", trained["version"])
     OmegaConf.update(cfg, "ranker.out_of_time.als", trained["als_version"])
     ranked = rank_train.run(cfg)
-    step("3/3 release: gates, then a canary (or live)")
+    step("3/3 release: gates, then a canary (or live)", "release")
     versions = {"two_tower": trained["version"], "als": trained["als_version"],
                 "ranker": ranked["version"]}
     with psycopg.connect(Postgres(cfg).dsn, autocommit=True) as conn:
         outcome = release(conn, cfg, versions, "nightly")
     for report in outcome.reports:
         print("\n".join("       " + line for line in report.lines()), flush=True)
-    seconds = time.monotonic() - started
+    ended = time.monotonic()
+    seconds = ended - started
     step(f"done in {seconds:.0f} s: {outcome.line()}")
-    return {"versions": versions, "release": outcome.action, "canary_id": outcome.canary_id, "seconds": seconds}
+    steps = {name: (marks[i + 1][1] if i + 1 < len(marks) else ended) - begun for i, (name, begun) in enumerate(marks)}
+    return {"versions": versions, "release": outcome.action, "canary_id": outcome.canary_id, "seconds": seconds,
+            "steps": steps}
 
 
 def _gpus(cfg) -> float:
