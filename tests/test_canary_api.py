@@ -147,3 +147,66 @@ def test_the_controller_actor_moves_a_canary_by_itself_and_comes_back_after_a_cr
             if (c := canaries.running(pg)) is not None:
                 canaries.abort(pg, c.canary_id, "test", "test over")
         assert registry.live(pg, "ranker").version == version
+
+
+def _serve(pg, canary_id: int, at, arm: str, impressions: int, clicked: int) -> None:
+    """`impressions` of one arm at time `at`, the first `clicked` of them followed by a view from the rail."""
+    from recsys.features.event_log import write_rows
+    from recsys.features.impression_log import write_impressions
+
+    ids = [f"hold-{canary_id}-{arm}-{uuid.uuid4().hex[:8]}" for _ in range(impressions)]
+    write_impressions(pg, [{"request_id": r, "ts": at.timestamp(), "surface": "homepage_hero", "user_id": r,
+                            "skus": ["S1"], "sources": ["trending"], "arm": arm, "canary_id": canary_id}
+                           for r in ids])
+    write_rows(pg, [(f"{r}-view", "product_viewed", r, None, "S1", at, None, None, None, None, None,
+                     "homepage_hero", r, 0) for r in ids[:clicked]])
+
+
+def test_a_canary_below_the_line_holds_its_stage_then_is_aborted_as_inconclusive(setup, capsys):
+    """Enough impressions and time to advance, no significant drop, but the canary's CTR is below 0.97 x
+    the control's: the controller holds the stage (it never advances a candidate that looks worse), and
+    after max_stage_duration_s aborts the canary without a verdict. A canary above the line advances."""
+    from datetime import timedelta
+
+    from recsys.release.controller import tick
+    from recsys.release.simulate import forget
+    from recsys.services import Postgres
+
+    cfg = make_cfg("release.canary.enabled=true", "release.canary.min_impressions=100",
+                   "release.canary.min_duration_s=60", "release.canary.max_stage_duration_s=3600",
+                   "release.canary.min_per_arm=100000")   # the test never decides: only the hold rule can
+    with psycopg.connect(Postgres(cfg).dsn, autocommit=True) as pg:
+        live = registry.live(pg, "ranker")
+        below, above = (f"ranker-hold-{uuid.uuid4().hex[:8]}" for _ in range(2))
+        for version in (below, above):
+            registry.register(pg, version, "ranker", "/nonexistent", {"type": "popularity"}, live.metrics)
+        c = canaries.get(pg, release(pg, cfg, {"ranker": below}, "test").canary_id)
+        try:
+            _serve(pg, c.canary_id, c.started_at, "control", 400, 160)   # CTR 0.40
+            _serve(pg, c.canary_id, c.started_at, "canary", 200, 60)     # CTR 0.30: 2.2 SE under 0.97 x 0.40
+            held = tick(pg, now=c.started_at + timedelta(seconds=120))
+            assert held.action == "hold" and "held" in held.reason and held.numbers["test"]["theta"] < 0
+            assert canaries.get(pg, c.canary_id).stage == 0
+            aborted = tick(pg, now=c.started_at + timedelta(seconds=3600))
+            assert aborted.action == "abort" and aborted.reason.startswith("inconclusive")
+            assert canaries.get(pg, c.canary_id).state == "aborted"
+            assert registry.get(pg, below).stage == "candidate" and registry.live(pg, "ranker").version == live.version
+            entry = canaries.log(pg, c.canary_id)[-1]
+            assert entry["actor"] == "controller" and entry["numbers"]["since_start"]["canary"]["ctr"] == 0.30
+            from recsys.cli import main
+
+            capsys.readouterr()
+            assert main(["canary", "status", *TEST_OVERRIDES]) == 0
+            out = capsys.readouterr().out
+            assert f"canary {c.canary_id}: aborted" in out and "controller: inconclusive" in out
+            assert "(-2.2 standard errors)" in out and "a stage holds while theta < -1 standard errors" in out
+        finally:
+            forget(pg, c.canary_id)
+        c = canaries.get(pg, release(pg, cfg, {"ranker": above}, "test").canary_id)
+        try:
+            _serve(pg, c.canary_id, c.started_at, "control", 400, 160)   # CTR 0.40
+            _serve(pg, c.canary_id, c.started_at, "canary", 200, 80)     # CTR 0.40
+            assert tick(pg, now=c.started_at + timedelta(seconds=120)).action == "advance"
+        finally:
+            canaries.abort(pg, c.canary_id, "test", "test over")
+            forget(pg, c.canary_id)

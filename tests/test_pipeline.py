@@ -107,6 +107,8 @@ def test_a_new_sku_gets_a_vector_from_content_alone(head):
         got = conn.execute("SELECT embedding FROM item_vectors WHERE model_version = %s AND sku = 'NEW-1'",
                            (live[0],)).fetchone()[0].to_numpy()
         assert "every SKU has a vector" in embed_cold_items(cfg)
+        content = registry.live(conn, "content")   # the new SKU's vector went in through the content gates
+        assert content.gates["passed"] and "content.self_recall@120 >= floor" in {c["name"] for c in content.gates["checks"]}
         folder = Path(registry.live(conn, "two_tower").artifact_uri)
         conn.execute("DELETE FROM items WHERE sku = 'NEW-1'")
         conn.execute("DELETE FROM item_vectors WHERE sku = 'NEW-1'")
@@ -150,6 +152,9 @@ def test_incremental_cf_folds_in_new_users_and_skus(head):
         conn.execute("DELETE FROM events WHERE user_id = 'inc-user'")
         conn.execute("DELETE FROM items WHERE sku = 'NEW-2'")
     assert live.version != base.version and live.metrics["base"] == base.version and "1 new SKUs" in message
+    # it went live through the ALS gates, whose report is stored beside its metrics
+    names = {c["name"] for c in live.gates["checks"]}
+    assert live.gates["passed"] and {"als.ndcg@12 >= floor", "als.finite_factors >= floor"} <= names
     data = np.load(live.artifact_uri)
     users = list(data["users"])
     item_ids = json.loads((Path(live.artifact_uri).parent / "skus.json").read_text())

@@ -182,7 +182,8 @@ def rollback(conn: psycopg.Connection, canary_id: int, actor: str, reason: str, 
     return get(conn, canary_id)
 
 
-def abort(conn: psycopg.Connection, canary_id: int, actor: str, reason: str, now: datetime | None = None) -> Canary:
+def abort(conn: psycopg.Connection, canary_id: int, actor: str, reason: str, now: datetime | None = None,
+          numbers: dict | None = None) -> Canary:
     """Stop without a verdict: the candidate goes back to `candidate`, the control keeps serving."""
     with conn.transaction():
         c = _locked(conn, canary_id, ("running",), None)
@@ -190,5 +191,5 @@ def abort(conn: psycopg.Connection, canary_id: int, actor: str, reason: str, now
         for version in c.candidate.values():
             conn.execute("UPDATE models SET stage = 'candidate', updated_at = now() WHERE version = %s", (version,))
         conn.execute("UPDATE canaries SET state = 'aborted', ended_at = %s WHERE canary_id = %s", (at, canary_id))
-        _log(conn, canary_id, at, "abort", actor, c.stage, None, reason)
+        _log(conn, canary_id, at, "abort", actor, c.stage, None, reason, numbers)
     return get(conn, canary_id)

@@ -119,8 +119,11 @@ def status_lines(status: dict) -> list[str]:
                        f"add-to-cart {m['add_to_cart_rate']:.4f}  conversion {m['conversion']:.4f}  "
                        f"revenue/impression {m['revenue_per_impression']:.2f}")
     t = status["numbers"]["test"]
-    out.append(f"  test: {t['name']}: theta {t['theta']:+.4f}, likelihood ratio {t['likelihood_ratio']:.2f} "
-               f"(rolls back at >= {t['threshold']:.0f} with theta < 0)")
+    se, hold = t.get("std_error"), c["settings"].get("hold_below_se")
+    out.append(f"  test: {t['name']}: theta {t['theta']:+.4f}"
+               + (f" ({t['theta'] / se:+.1f} standard errors)" if se else "")
+               + f", likelihood ratio {t['likelihood_ratio']:.2f} (rolls back at >= {t['threshold']:.0f} with theta < 0"
+               + (f"; a stage holds while theta < -{hold:g} standard errors)" if hold is not None else ")"))
     for entry in status["log"]:
         out.append(f"  {entry['at']:%Y-%m-%d %H:%M:%S} {entry['action']:<8} {entry['actor']}: {entry['reason']}")
     return out

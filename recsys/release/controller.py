@@ -9,8 +9,16 @@ duplicated controller is harmless. `recsys canary watch` runs the same loop in a
 
     rollback  when the mSPRT (recsys/release/sequential.py) finds canary CTR < ratio x control CTR,
               on every impression since the canary started (the test is valid at any number of looks);
-    advance   when the stage has min_impressions canary impressions and has lasted min_duration_s;
-              from the last stage (100%) that promotes the candidate.
+    advance   when the stage has min_impressions canary impressions and has lasted min_duration_s, and
+              the canary's CTR since the start is not clearly below ratio x the control's (theta_hat no
+              more than hold_below_se standard errors under 0); from the last stage (100%) that promotes
+              the candidate;
+    hold      otherwise: a candidate that looks worse than the line, though not yet significantly, stays
+              at its share until the test decides or its estimate recovers. "No significant drop" is not
+              "no drop": without this, an under-powered stage (few clicks) promoted candidates whose CTR
+              was far below the control's (docs/release.md);
+    abort     a stage held past max_stage_duration_s: no verdict, the control keeps serving and the next
+              release is no longer blocked behind it.
 """
 
 from __future__ import annotations
@@ -53,28 +61,47 @@ def numbers_of(conn: psycopg.Connection, c: canaries.Canary) -> tuple[dict, obje
             "stage": c.stage, "share": c.share}, test
 
 
+def verdict(test, in_stage: int, lasted_s: float, share: float, settings: dict) -> tuple[str, str]:
+    """(action, reason) for a running canary's stage: rollback, advance, hold or abort. Pure, so the
+    rule can be simulated (tests/test_release_sequential.py); `tick` applies it."""
+    s = settings
+    line = f"{float(s['rollback_ratio'])} x control CTR {test.p_control:.4f}"
+    if test.reject:
+        return "rollback", (f"canary CTR {test.p_canary:.4f} < {line} (mSPRT likelihood ratio "
+                            f"{test.likelihood_ratio:.1f} >= {test.threshold:.0f}, alpha {s['alpha']})")
+    if in_stage < int(s["min_impressions"]) or lasted_s < float(s["min_duration_s"]):
+        return "hold", f"stage {share:.0%}: {in_stage} canary impressions, {lasted_s:.0f} s"
+    hold_se = s.get("hold_below_se")   # canaries started before the setting existed advance as they did
+    if hold_se is not None and test.theta < -float(hold_se) * test.std_error:
+        below = (f"canary CTR {test.p_canary:.4f} < {line} by {-test.theta / test.std_error:.1f} standard errors "
+                 f"(> {float(hold_se):g}), not significantly (likelihood ratio {test.likelihood_ratio:.1f} < "
+                 f"{test.threshold:.0f})")
+        limit = s.get("max_stage_duration_s")
+        if limit is not None and lasted_s >= float(limit):
+            return "abort", f"inconclusive: stage {share:.0%} held {lasted_s:.0f} s >= {limit} s with {below}"
+        return "hold", f"stage {share:.0%}: held, {below}"
+    return "advance", (f"stage {share:.0%}: {in_stage} canary impressions >= {s['min_impressions']} in "
+                       f"{lasted_s:.0f} s >= {s['min_duration_s']} s, no significant CTR drop, and CTR not "
+                       f"clearly below the line")
+
+
 def tick(conn: psycopg.Connection, now: datetime | None = None, actor: str = ACTOR) -> Decision | None:
-    """Decide on the running canary once; None when none runs."""
+    """Decide on the running canary once and carry the decision out; None when none runs."""
     c = canaries.running(conn)
     if c is None:
         return None
     now = now or conn.execute("SELECT now()").fetchone()[0]
     numbers, test = numbers_of(conn, c)
-    s = c.settings
-    if test.reject:
-        reason = (f"canary CTR {test.p_canary:.4f} < {float(s['rollback_ratio'])} x control CTR {test.p_control:.4f} "
-                  f"(mSPRT likelihood ratio {test.likelihood_ratio:.1f} >= {test.threshold:.0f}, alpha {s['alpha']})")
+    action, reason = verdict(test, numbers["this_stage"]["canary"]["impressions"],
+                             (now - c.stage_started_at).total_seconds(), c.share, c.settings)
+    if action == "rollback":
         canaries.rollback(conn, c.canary_id, actor, reason, numbers, now)
-        return Decision(c.canary_id, "rollback", reason, numbers)
-    in_stage = numbers["this_stage"]["canary"]["impressions"]
-    lasted = (now - c.stage_started_at).total_seconds()
-    if in_stage >= int(s["min_impressions"]) and lasted >= float(s["min_duration_s"]):
-        last = c.stage + 1 >= len(c.stages)
-        reason = (f"stage {c.share:.0%}: {in_stage} canary impressions >= {s['min_impressions']} in "
-                  f"{lasted:.0f} s >= {s['min_duration_s']} s, no significant CTR drop")
+    elif action == "abort":
+        canaries.abort(conn, c.canary_id, actor, reason, now, numbers)
+    elif action == "advance":
         canaries.advance(conn, c.canary_id, actor, reason, numbers, from_stage=c.stage, now=now)
-        return Decision(c.canary_id, "promote" if last else "advance", reason, numbers)
-    return Decision(c.canary_id, "hold", f"stage {c.share:.0%}: {in_stage} canary impressions, {lasted:.0f} s", numbers)
+        action = "promote" if c.stage + 1 >= len(c.stages) else "advance"
+    return Decision(c.canary_id, action, reason, numbers)
 
 
 def watch(dsn: str, interval_s: float, stop_after_s: float | None = None) -> None:

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 class TestResult:
     reject: bool                 # roll back: canary CTR < ratio x control CTR, significantly
     theta: float                 # p_canary - ratio * p_control
+    std_error: float             # of theta (normal approximation; inf before either arm has impressions)
     likelihood_ratio: float      # Lambda; rejects at >= 1 / alpha
     threshold: float
     p_control: float
@@ -31,21 +32,22 @@ class TestResult:
     n_canary: int
 
     def as_dict(self) -> dict:
-        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        return {k: ((round(v, 6) if math.isfinite(v) else None) if isinstance(v, float) else v)
+                for k, v in asdict(self).items()}
 
 
 def msprt(clicks_control: int, n_control: int, clicks_canary: int, n_canary: int, ratio: float = 0.97,
           alpha: float = 0.05, tau: float = 0.02, min_per_arm: int = 200) -> TestResult:
     """The test on the counts so far (impressions with a click / impressions, per arm)."""
     threshold = 1.0 / alpha
-    if min(n_control, n_canary) < max(min_per_arm, 1):   # the normal approximation needs some data
-        p0 = clicks_control / n_control if n_control else 0.0
-        p1 = clicks_canary / n_canary if n_canary else 0.0
-        return TestResult(False, p1 - ratio * p0, 0.0, threshold, p0, p1, n_control, n_canary)
-    p0, p1 = clicks_control / n_control, clicks_canary / n_canary
+    p0 = clicks_control / n_control if n_control else 0.0
+    p1 = clicks_canary / n_canary if n_canary else 0.0
     theta = p1 - ratio * p0
     # a floor on each arm's variance: p = 0 or 1 would make V = 0 and the statistic infinite
-    var = max(p1 * (1 - p1), 1e-4) / n_canary + ratio ** 2 * max(p0 * (1 - p0), 1e-4) / n_control
+    var = (max(p1 * (1 - p1), 1e-4) / n_canary + ratio ** 2 * max(p0 * (1 - p0), 1e-4) / n_control
+           if n_control and n_canary else math.inf)
+    if min(n_control, n_canary) < max(min_per_arm, 1):   # the normal approximation needs some data
+        return TestResult(False, theta, math.sqrt(var), 0.0, threshold, p0, p1, n_control, n_canary)
     log_lr = 0.5 * math.log(var / (var + tau ** 2)) + tau ** 2 * theta ** 2 / (2 * var * (var + tau ** 2))
     lr = math.exp(min(log_lr, 700.0))
-    return TestResult(theta < 0 and lr >= threshold, theta, lr, threshold, p0, p1, n_control, n_canary)
+    return TestResult(theta < 0 and lr >= threshold, theta, math.sqrt(var), lr, threshold, p0, p1, n_control, n_canary)

@@ -71,7 +71,7 @@ def run_canary(conn: psycopg.Connection, recommender, world, canary_id: int, max
             if decision is not None and decision.action != "hold":
                 decisions.append(decision)
                 recommender.res.poll_release()   # as the replica's poll thread would within rules.poll_s
-            if decision is None or decision.action in ("rollback", "promote"):
+            if decision is None or decision.action in ("rollback", "promote", "abort"):
                 break
     final = canaries.get(conn, canary_id)
     return SimulatedCanary(canary_id, final.state, served, decisions,
