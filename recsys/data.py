@@ -70,6 +70,7 @@ def load_postgres(cfg, conn: psycopg.Connection) -> str:
     generated = time.monotonic() - start
     # One world at a time: a different dataset replaces everything derived from the previous one.
     conn.execute("TRUNCATE items, item_edges, item_vectors, vector_sets, events, impressions, datasets")
+    retired = _retire_models(conn, f"data load: {name} {fp} replaced the world they were trained on")
     write_catalog(conn, catalog.items, catalog.edges, name)
     logged = 0
     for begin in range(0, len(events), CHUNK):
@@ -79,7 +80,22 @@ def load_postgres(cfg, conn: psycopg.Connection) -> str:
                  "ON CONFLICT (name) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, items = EXCLUDED.items, "
                  "events = EXCLUDED.events, loaded_at = now()", (name, fp, len(catalog.items), len(events)))
     return (f"{name}: generated {len(catalog.items)} items, {len(catalog.edges)} edges, {len(events)} events "
-            f"in {generated:.0f} s; {logged} new events logged in {time.monotonic() - start - generated:.0f} s")
+            f"in {generated:.0f} s; {logged} new events logged in {time.monotonic() - start - generated:.0f} s"
+            + (f"; {retired}" if retired else ""))
+
+
+def _retire_models(conn: psycopg.Connection, reason: str) -> str:
+    """After a new world replaced the previous one: models trained on that world (their SKUs, users and
+    vector sets are gone) stop serving and stop being compared with. A running canary is aborted, every
+    live, canary or candidate version retired, so the next trained version goes live on its own instead
+    of entering a canary against a model whose vectors no longer exist."""
+    from recsys.release import canary as canaries
+
+    if (running := canaries.running(conn)) is not None:
+        canaries.abort(conn, running.canary_id, "data load", reason)
+    n = conn.execute("UPDATE models SET stage = 'retired', updated_at = now() "
+                     "WHERE stage IN ('live', 'canary', 'candidate')").rowcount
+    return f"{n} models of the previous world retired" if n else ""
 
 
 def rebuild_online_features(cfg, conn: psycopg.Connection, store: OnlineStore) -> str:

@@ -35,3 +35,42 @@ def test_redis_is_rebuilt_from_the_event_log(world, pg):
     assert store.user_state(user, now=now) == before
     assert (store.r.get(f"{store.p}dataset") or b"").decode().startswith(fingerprint(world) + "@")
     assert store.bestsellers(5) and store.trending(5)
+
+
+def test_a_new_world_retires_the_models_of_the_previous_one(world):
+    """Loading a different dataset (here into a scratch database on the suite's server) aborts a running
+    canary and retires every live, canary and candidate model: their SKUs and vector sets are gone, and
+    the next trained version must go live on its own rather than enter a canary against them."""
+    import psycopg
+
+    from recsys import registry
+    from recsys.bench.dashboard import scratch_dsn
+    from recsys.data import load_postgres
+    from recsys.db.migrate import migrate
+    from recsys.release import canary as canaries
+    from recsys.services import Postgres
+
+    dsn, name = Postgres(world).dsn, f"{world.services.postgres.database}_world_swap"
+    with psycopg.connect(scratch_dsn(dsn, "postgres"), autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        with psycopg.connect(scratch_dsn(dsn, name), autocommit=True) as conn:
+            migrate(conn)
+            for version, stage in (("ranker-old-live", "live"), ("ranker-old-new", "candidate"),
+                                   ("als-old-live", "live")):
+                registry.register(conn, version, version.split("-")[0], "/nonexistent")
+                registry.set_gates(conn, version, {"passed": True, "checks": []})
+                registry.set_stage(conn, version, stage)
+            c = canaries.start(conn, world, {"ranker": "ranker-old-new"}, "test", "a canary of the old world")
+            message = load_postgres(world, conn)
+            assert "3 models of the previous world retired" in message
+            assert {registry.get(conn, v).stage for v in ("ranker-old-live", "ranker-old-new", "als-old-live")} == \
+                {"retired"}
+            assert registry.live(conn, "ranker") is None and canaries.running(conn) is None
+            entry = canaries.log(conn, c.canary_id)[-1]
+            assert entry["action"] == "abort" and entry["actor"] == "data load" and "replaced the world" in entry["reason"]
+            assert "already loaded" in load_postgres(world, conn)   # the same world again retires nothing
+    finally:
+        with psycopg.connect(scratch_dsn(dsn, "postgres"), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
