@@ -7,7 +7,8 @@ import numpy as np
 from recsys.release.sequential import msprt
 
 
-def _run(p_control: float, p_canary: float, share: float, n: int, seed: int, every: int = 100) -> int | None:
+def _run(p_control: float, p_canary: float, share: float, n: int, seed: int, every: int = 100,
+         min_expected_clicks: float = 10.0) -> int | None:
     """Impressions until rollback (None: never) of one simulated canary."""
     rng = np.random.default_rng(seed)
     arm = rng.random(n) < share
@@ -15,7 +16,7 @@ def _run(p_control: float, p_canary: float, share: float, n: int, seed: int, eve
     c1, n1 = np.cumsum(click & arm), np.cumsum(arm)
     c0, n0 = np.cumsum(click & ~arm), np.cumsum(~arm)
     for i in range(every - 1, n, every):
-        if msprt(int(c0[i]), int(n0[i]), int(c1[i]), int(n1[i]), 0.97, 0.05, 0.02, 200).reject:
+        if msprt(int(c0[i]), int(n0[i]), int(c1[i]), int(n1[i]), 0.97, 0.05, 0.02, 200, min_expected_clicks).reject:
             return i + 1
     return None
 
@@ -41,9 +42,23 @@ def test_worse_candidates_are_caught_at_ten_percent_the_worse_the_sooner():
     assert len(caught) >= 85 and np.median(caught) > np.median([r for r in much if r])
 
 
+def test_false_rollbacks_stay_under_alpha_at_a_low_ctr():
+    """At CTR 0.01 the normal approximation is coarse while an arm has few clicks: deciding after 200
+    impressions an arm (2 clicks expected) rolled back a candidate at the boundary in ~20% of runs; waiting
+    for 10 expected clicks an arm keeps it under alpha, and a candidate at half the CTR is still caught."""
+    boundary = [_run(0.01, 0.97 * 0.01, 0.1, 20_000, seed) for seed in range(300)]
+    coarse = [_run(0.01, 0.97 * 0.01, 0.1, 20_000, seed, min_expected_clicks=0) for seed in range(300)]
+    half = [_run(0.01, 0.5 * 0.01, 0.1, 20_000, seed) for seed in range(100)]
+    assert sum(r is not None for r in coarse) / 300 > 0.10
+    assert sum(r is not None for r in boundary) / 300 <= 0.05
+    assert sum(r is not None for r in half) >= 35
+
+
 def test_no_decision_before_each_arm_has_its_minimum():
     assert not msprt(90, 100, 0, 100, min_per_arm=200).reject
     assert msprt(900, 1000, 100, 1000, min_per_arm=200).reject
+    assert not msprt(8, 1000, 0, 1000, min_per_arm=200).reject      # 4 clicks expected an arm: too few
+    assert msprt(40, 1000, 0, 1000, min_per_arm=200).reject         # 20: a canary with no clicks is caught
 
 
 def _staged(p_control: float, p_canary: float, settings: dict, seed: int, max_n: int, every: int = 500) -> str:

@@ -54,7 +54,7 @@ def numbers_of(conn: psycopg.Connection, c: canaries.Canary) -> tuple[dict, obje
     stage = arm_metrics(conn, c.canary_id, c.stage_started_at)
     test = msprt(total["control"].clicked, total["control"].impressions, total["canary"].clicked,
                  total["canary"].impressions, float(s["rollback_ratio"]), float(s["alpha"]), float(s["tau"]),
-                 int(s["min_per_arm"]))
+                 int(s["min_per_arm"]), float(s.get("min_expected_clicks", 0)))   # absent: started before it
     return {"since_start": {arm: m.as_dict() for arm, m in total.items()},
             "this_stage": {arm: m.as_dict() for arm, m in stage.items()},
             "test": {"name": "mSPRT (normal approximation), one-sided", **test.as_dict()},

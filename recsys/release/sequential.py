@@ -37,8 +37,13 @@ class TestResult:
 
 
 def msprt(clicks_control: int, n_control: int, clicks_canary: int, n_canary: int, ratio: float = 0.97,
-          alpha: float = 0.05, tau: float = 0.02, min_per_arm: int = 200) -> TestResult:
-    """The test on the counts so far (impressions with a click / impressions, per arm)."""
+          alpha: float = 0.05, tau: float = 0.02, min_per_arm: int = 200,
+          min_expected_clicks: float = 10.0) -> TestResult:
+    """The test on the counts so far (impressions with a click / impressions, per arm). It decides only
+    once each arm has `min_per_arm` impressions and `min_expected_clicks` clicks expected at the pooled
+    CTR: with fewer, the normal approximation is too coarse for the alpha bound (at CTR 0.01 and 200
+    impressions an arm, an equal candidate was rolled back in ~20% of simulated canaries; with 10
+    expected clicks, ~3%)."""
     threshold = 1.0 / alpha
     p0 = clicks_control / n_control if n_control else 0.0
     p1 = clicks_canary / n_canary if n_canary else 0.0
@@ -46,7 +51,8 @@ def msprt(clicks_control: int, n_control: int, clicks_canary: int, n_canary: int
     # a floor on each arm's variance: p = 0 or 1 would make V = 0 and the statistic infinite
     var = (max(p1 * (1 - p1), 1e-4) / n_canary + ratio ** 2 * max(p0 * (1 - p0), 1e-4) / n_control
            if n_control and n_canary else math.inf)
-    if min(n_control, n_canary) < max(min_per_arm, 1):   # the normal approximation needs some data
+    pooled = (clicks_control + clicks_canary) / (n_control + n_canary) if n_control + n_canary else 0.0
+    if min(n_control, n_canary) < max(min_per_arm, 1) or min(n_control, n_canary) * pooled < min_expected_clicks:
         return TestResult(False, theta, math.sqrt(var), 0.0, threshold, p0, p1, n_control, n_canary)
     log_lr = 0.5 * math.log(var / (var + tau ** 2)) + tau ** 2 * theta ** 2 / (2 * var * (var + tau ** 2))
     lr = math.exp(min(log_lr, 700.0))
