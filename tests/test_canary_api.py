@@ -199,7 +199,7 @@ def test_a_canary_below_the_line_holds_its_stage_then_is_aborted_as_inconclusive
             assert main(["canary", "status", *TEST_OVERRIDES]) == 0
             out = capsys.readouterr().out
             assert f"canary {c.canary_id}: aborted" in out and "controller: inconclusive" in out
-            assert "(-2.2 standard errors)" in out and "a stage holds while theta < -1 standard errors" in out
+            assert "(-2.2 standard errors)" in out and "a stage holds while theta < -0.5 standard errors" in out
         finally:
             forget(pg, c.canary_id)
         c = canaries.get(pg, release(pg, cfg, {"ranker": above}, "test").canary_id)

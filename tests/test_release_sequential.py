@@ -66,18 +66,18 @@ def _staged(p_control: float, p_canary: float, settings: dict, seed: int, max_n:
     from recsys.release.controller import verdict
 
     rng, stages = np.random.default_rng(seed), settings["stages"]
-    c0 = n0 = c1 = n1 = stage = in_stage = n = 0
+    alpha = settings["alpha"] / sum(1 for share in stages if share < 1.0)   # as numbers_of: a test per stage
+    c0 = n0 = c1 = n1 = stage = n = 0   # counts in the current stage, as the controller tests them
     while n < max_n:
         k1 = int(rng.binomial(every, stages[stage]))
-        n0, n1, in_stage, n = n0 + every - k1, n1 + k1, in_stage + k1, n + every
+        n0, n1, n = n0 + every - k1, n1 + k1, n + every
         c0, c1 = c0 + int(rng.binomial(every - k1, p_control)), c1 + int(rng.binomial(k1, p_canary))
-        test = msprt(c0, n0, c1, n1, settings["rollback_ratio"], settings["alpha"], settings["tau"],
-                     settings["min_per_arm"])
-        action, _ = verdict(test, in_stage, float(n), stages[stage], settings)
+        test = msprt(c0, n0, c1, n1, settings["rollback_ratio"], alpha, settings["tau"], settings["min_per_arm"])
+        action, _ = verdict(test, n1, float(n), stages[stage], settings)
         if action in ("rollback", "abort"):
             return action
         if action == "advance":
-            stage, in_stage = stage + 1, 0
+            stage, c0, n0, c1, n1 = stage + 1, 0, 0, 0, 0
             if stage == len(stages):
                 return "promote"
     return "running"
@@ -86,7 +86,7 @@ def _staged(p_control: float, p_canary: float, settings: dict, seed: int, max_n:
 def test_the_controller_does_not_promote_a_worse_candidate_the_test_has_not_yet_caught():
     """At the production settings (conf/config.yaml: stages of 2,000 canary impressions), a candidate with
     a 10% lower CTR (0.27 vs 0.30) is often not significantly worse by the end of a stage: advancing on
-    "no significant drop" alone promotes it in about a third of the runs; holding the stage while its CTR is
+    "no significant drop" alone promotes it in most runs (each stage tests its own impressions); holding the stage while its CTR is
     more than hold_below_se standard errors under the line promotes it almost never, and an equal
     candidate still goes live."""
     from omegaconf import OmegaConf
@@ -99,6 +99,6 @@ def test_the_controller_does_not_promote_a_worse_candidate_the_test_has_not_yet_
     worse = [_staged(0.30, 0.27, settings, seed, 100_000) for seed in range(100)]
     worse_plain = [_staged(0.30, 0.27, plain, seed, 100_000) for seed in range(100)]
     equal = [_staged(0.30, 0.30, settings, seed, 60_000) for seed in range(100)]
-    assert worse_plain.count("promote") >= 20, worse_plain.count("promote")
-    assert worse.count("promote") <= 5 and worse.count("rollback") >= 90, (worse.count("promote"), worse.count("rollback"))
+    assert worse_plain.count("promote") >= 50, worse_plain.count("promote")
+    assert worse.count("promote") <= 5 and worse.count("rollback") >= 85, (worse.count("promote"), worse.count("rollback"))
     assert equal.count("promote") >= 95, equal.count("promote")

@@ -48,16 +48,26 @@ class Decision:
 
 
 def numbers_of(conn: psycopg.Connection, c: canaries.Canary) -> tuple[dict, object]:
-    """The per-arm metrics (since the start and in this stage) and the rollback test on them."""
+    """The per-arm metrics (since the start and in this stage) and the rollback test on them.
+
+    The test compares the arms within the current stage only: across stages the canary's share changes
+    while CTR drifts over time (time of day, shoppers tiring of what they saw), so pooled since the start
+    the canary's impressions would sit later in time than the control's and differ for that alone.
+    Each stage with a concurrent control runs its own always-valid test at alpha / their number, so the
+    chance of any false rollback stays under alpha. At 100% there is no control: the verdict was the
+    50% stage's, and the last stage only has to last."""
     s = c.settings
     total = arm_metrics(conn, c.canary_id, c.started_at)
     stage = arm_metrics(conn, c.canary_id, c.stage_started_at)
-    test = msprt(total["control"].clicked, total["control"].impressions, total["canary"].clicked,
-                 total["canary"].impressions, float(s["rollback_ratio"]), float(s["alpha"]), float(s["tau"]),
-                 int(s["min_per_arm"]), float(s.get("min_expected_clicks", 0)))   # absent: started before it
+    compared = sum(1 for share in c.stages if share < 1.0) or 1
+    test = msprt(stage["control"].clicked, stage["control"].impressions, stage["canary"].clicked,
+                 stage["canary"].impressions, float(s["rollback_ratio"]), float(s["alpha"]) / compared,
+                 float(s["tau"]), int(s["min_per_arm"]), float(s.get("min_expected_clicks", 0)),
+                 stage["control"].ctr_variance, stage["canary"].ctr_variance)
     return {"since_start": {arm: m.as_dict() for arm, m in total.items()},
             "this_stage": {arm: m.as_dict() for arm, m in stage.items()},
-            "test": {"name": "mSPRT (normal approximation), one-sided", **test.as_dict()},
+            "test": {"name": "mSPRT (normal approximation), one-sided, this stage, variance over users",
+                     **test.as_dict()},
             "stage": c.stage, "share": c.share}, test
 
 
@@ -68,7 +78,7 @@ def verdict(test, in_stage: int, lasted_s: float, share: float, settings: dict) 
     line = f"{float(s['rollback_ratio'])} x control CTR {test.p_control:.4f}"
     if test.reject:
         return "rollback", (f"canary CTR {test.p_canary:.4f} < {line} (mSPRT likelihood ratio "
-                            f"{test.likelihood_ratio:.1f} >= {test.threshold:.0f}, alpha {s['alpha']})")
+                            f"{test.likelihood_ratio:.1f} >= {test.threshold:.0f}, alpha {1 / test.threshold:g} in this stage)")
     if in_stage < int(s["min_impressions"]) or lasted_s < float(s["min_duration_s"]):
         return "hold", f"stage {share:.0%}: {in_stage} canary impressions, {lasted_s:.0f} s"
     hold_se = s.get("hold_below_se")   # canaries started before the setting existed advance as they did

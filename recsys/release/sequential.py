@@ -38,19 +38,25 @@ class TestResult:
 
 def msprt(clicks_control: int, n_control: int, clicks_canary: int, n_canary: int, ratio: float = 0.97,
           alpha: float = 0.05, tau: float = 0.02, min_per_arm: int = 200,
-          min_expected_clicks: float = 10.0) -> TestResult:
+          min_expected_clicks: float = 10.0, var_control: float | None = None,
+          var_canary: float | None = None) -> TestResult:
     """The test on the counts so far (impressions with a click / impressions, per arm). It decides only
     once each arm has `min_per_arm` impressions and `min_expected_clicks` clicks expected at the pooled
     CTR: with fewer, the normal approximation is too coarse for the alpha bound (at CTR 0.01 and 200
     impressions an arm, an equal candidate was rolled back in ~20% of simulated canaries; with 10
-    expected clicks, ~3%)."""
+    expected clicks, ~3%). `var_control` / `var_canary`: each arm's Var(CTR) when impressions are not
+    independent (the controller passes the delta-method variance over users); else binomial."""
     threshold = 1.0 / alpha
     p0 = clicks_control / n_control if n_control else 0.0
     p1 = clicks_canary / n_canary if n_canary else 0.0
     theta = p1 - ratio * p0
     # a floor on each arm's variance: p = 0 or 1 would make V = 0 and the statistic infinite
-    var = (max(p1 * (1 - p1), 1e-4) / n_canary + ratio ** 2 * max(p0 * (1 - p0), 1e-4) / n_control
-           if n_control and n_canary else math.inf)
+    if n_control and n_canary:
+        v1 = max(var_canary if var_canary is not None else p1 * (1 - p1) / n_canary, 1e-4 / n_canary)
+        v0 = max(var_control if var_control is not None else p0 * (1 - p0) / n_control, 1e-4 / n_control)
+        var = v1 + ratio ** 2 * v0
+    else:
+        var = math.inf
     pooled = (clicks_control + clicks_canary) / (n_control + n_canary) if n_control + n_canary else 0.0
     if min(n_control, n_canary) < max(min_per_arm, 1) or min(n_control, n_canary) * pooled < min_expected_clicks:
         return TestResult(False, theta, math.sqrt(var), 0.0, threshold, p0, p1, n_control, n_canary)
